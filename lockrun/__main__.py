@@ -1,0 +1,5 @@
+"""Allow ``python -m lockrun``."""
+
+from lockrun.cli import main
+
+main()

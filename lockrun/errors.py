@@ -1,0 +1,38 @@
+"""One exception hierarchy; the CLI turns each into one stderr line and its exit code."""
+
+from lockrun.exitcodes import ExitCode
+
+
+class LockrunError(Exception):
+    """Base class: the message is shown as ``lockrun: <message>``."""
+
+    exit_code: int = 1
+
+
+class UsageError(LockrunError):
+    """The user's input is wrong; nothing was run and Redis was not touched."""
+
+    exit_code: int = ExitCode.USAGE
+
+
+class RedisUnavailable(LockrunError):
+    """Redis could not be reached or refused the script.
+
+    Carries the configured ``--error-exit-code`` on the instance, because that
+    code is the user's to choose.
+    """
+
+    exit_code: int = ExitCode.REDIS_UNAVAILABLE
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class CommandNotFound(LockrunError):
+    exit_code: int = ExitCode.NOT_FOUND
+
+
+class CommandNotExecutable(LockrunError):
+    exit_code: int = ExitCode.NOT_EXECUTABLE

@@ -1,0 +1,32 @@
+"""Job keys and fire ids: the two names that make a per-fire lock."""
+
+import re
+import time
+
+from lockrun.errors import UsageError
+
+_NAME = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+
+
+def validate_name(value: str, what: str) -> str:
+    """Keys and fire ids become part of Redis key names, so only a safe charset passes.
+
+    Braces would break the Cluster hash tag, spaces and control characters would
+    make keys unreadable in ``redis-cli``.
+    """
+    if not _NAME.fullmatch(value):
+        shown = value if value.isprintable() else value.encode("unicode_escape").decode()
+        raise UsageError(
+            f"invalid {what} {shown!r}: use 1-200 characters from A-Z a-z 0-9 . _ - :"
+        )
+    return value
+
+
+def minute_fire(now: float | None = None) -> str:
+    """The fire id of the current UTC minute, e.g. ``2026-11-22T03:00:00Z``.
+
+    Every server whose cron starts the job within the same minute computes the
+    same id, whatever its local time zone.
+    """
+    t = time.gmtime(time.time() if now is None else now)
+    return time.strftime("%Y-%m-%dT%H:%M:00Z", t)

@@ -1,0 +1,300 @@
+"""The Redis side of a lease: key names, the Lua scripts, and one connection.
+
+Every write is a Lua script that compares the caller's owner token, so a
+process can never extend or finish a claim that is no longer its own, and a
+retried call after a lost reply recognises its own earlier effect. All keys of
+one job share the ``{KEY}`` hash tag, so every script touches a single slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from lockrun.errors import RedisUnavailable, UsageError
+from lockrun.output import redact
+
+HISTORY_MAXLEN = 1000
+"""Approximate cap of the per-job history stream (``XADD MAXLEN ~``)."""
+
+# A claim of one fire. The fire hash is created with SET-NX-PX semantics (only
+# if absent, with a TTL) and later turns into the done record in place. The
+# fence is max(previous + 1, server time in microseconds): strictly increasing,
+# and still increasing if the counter key is ever lost.
+ACQUIRE_SCRIPT = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local owner, ttl, guard = ARGV[1], ARGV[2], ARGV[3]
+local h = redis.call('HMGET', KEYS[1], 'owner', 'state', 'fence', 'host', 'start')
+if h[1] then
+  if h[1] == owner and h[2] == 'running' then
+    return {'ok', tonumber(h[3]), now_ms, '', ''}
+  end
+  local why = 'held'
+  if h[2] == 'done' then why = 'done' end
+  return {why, tonumber(h[3]) or 0, now_ms, h[4] or '', h[5] or ''}
+end
+if guard == '1' then
+  local g = redis.call('HMGET', KEYS[2], 'owner', 'fence', 'host', 'fire')
+  if g[1] and g[1] ~= owner then
+    return {'overlap', tonumber(g[2]) or 0, now_ms, g[3] or '', g[4] or ''}
+  end
+end
+local fence = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local last = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
+if fence <= last then fence = last + 1 end
+local f = string.format('%.0f', fence)
+local start = string.format('%.0f', now_ms)
+redis.call('SET', KEYS[3], f)
+redis.call('HSET', KEYS[1], 'owner', owner, 'state', 'running', 'fence', f,
+  'host', ARGV[5], 'pid', ARGV[6], 'start', start)
+redis.call('PEXPIRE', KEYS[1], ttl)
+if guard == '1' then
+  redis.call('HSET', KEYS[2], 'owner', owner, 'fence', f, 'host', ARGV[5],
+    'pid', ARGV[6], 'fire', ARGV[4], 'start', start)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'event', 'start',
+  'fire', ARGV[4], 'owner', owner, 'host', ARGV[5], 'pid', ARGV[6], 'fence', f)
+return {'ok', fence, now_ms, '', ''}
+"""
+
+# Sets (never adds) the full TTL on both keys, only while they are still ours.
+# The first renewal that finds the claim gone records a 'lost' event.
+RENEW_SCRIPT = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local owner, ttl, guard = ARGV[1], ARGV[2], ARGV[3]
+local h = redis.call('HMGET', KEYS[1], 'owner', 'state')
+local reason = ''
+if h[1] == owner and h[2] == 'running' then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  if guard == '1' then
+    if redis.call('HGET', KEYS[2], 'owner') == owner then
+      redis.call('PEXPIRE', KEYS[2], ttl)
+    else
+      reason = 'the overlap guard was taken or deleted'
+    end
+  end
+elseif h[1] then
+  reason = 'the fire was claimed by ' .. h[1]
+else
+  reason = 'the claim expired in Redis'
+end
+if reason ~= '' then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'event', 'lost',
+    'fire', ARGV[4], 'owner', owner, 'host', ARGV[5], 'pid', ARGV[6], 'reason', reason)
+  return {'lost', now_ms, reason}
+end
+return {'ok', now_ms, ''}
+"""
+
+# Turns our claim into the done record kept for the retention period: a late
+# server that arrives after we finished must find it and skip. The overlap
+# guard is compare-and-deleted. A second call (retry after a lost reply) finds
+# the record already done and changes nothing.
+RELEASE_SCRIPT = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local owner, retention, guard = ARGV[1], ARGV[2], ARGV[3]
+local finish = string.format('%.0f', now_ms)
+if guard == '1' and redis.call('HGET', KEYS[2], 'owner') == owner then
+  redis.call('DEL', KEYS[2])
+end
+local h = redis.call('HMGET', KEYS[1], 'owner', 'state', 'fence')
+if h[1] == owner then
+  if h[2] == 'done' then
+    return {'ok', now_ms}
+  end
+  redis.call('HSET', KEYS[1], 'state', 'done', 'end', finish, 'exit', ARGV[8],
+    'outcome', ARGV[9])
+  redis.call('PEXPIRE', KEYS[1], retention)
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'event', 'end',
+    'fire', ARGV[4], 'owner', owner, 'host', ARGV[5], 'pid', ARGV[6],
+    'fence', h[3], 'exit', ARGV[8], 'outcome', ARGV[9])
+  return {'ok', now_ms}
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'event', 'end',
+  'fire', ARGV[4], 'owner', owner, 'host', ARGV[5], 'pid', ARGV[6],
+  'exit', ARGV[8], 'outcome', 'lost')
+return {'lost', now_ms}
+"""
+
+
+def job_keys(key: str, fire: str) -> dict[str, str]:
+    """Names of every Redis key of one fire; ``{key}`` is the Cluster hash tag."""
+    base = f"lockrun:{{{key}}}"
+    return {
+        "fire": f"{base}:fire:{fire}",
+        "running": f"{base}:running",
+        "fence": f"{base}:fence",
+        "hist": f"{base}:hist",
+    }
+
+
+def new_owner() -> str:
+    """128 random bits, plus host and pid so a human can tell who holds a lock."""
+    return f"{secrets.token_hex(16)}@{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Acquired:
+    """Outcome of an acquire: ``won`` or the reason this server skips."""
+
+    status: str  # ok | held | done | overlap
+    fence: int
+    server_ms: int
+    holder_host: str = ""
+    holder_detail: str = ""
+
+    @property
+    def won(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass(frozen=True)
+class Renewed:
+    ok: bool
+    server_ms: int
+    reason: str = ""
+
+
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+
+
+class LockClient:
+    """One Redis connection with bounded timeouts and no hidden retries.
+
+    redis-py retries by default; a silent retry of a non-idempotent call or a
+    retry loop that outlasts the lease are both worse than an explicit,
+    bounded retry of our own idempotent scripts.
+    """
+
+    def __init__(self, url: str, timeout: float, error_exit_code: int) -> None:
+        self.url = url
+        self.error_exit_code = error_exit_code
+        self._shas: dict[str, str] = {}
+        try:
+            self._redis: redis.Redis = redis.Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+                decode_responses=True,
+                driver_info=None,
+                health_check_interval=0,
+            )
+        except ValueError as exc:
+            raise UsageError(f"invalid --redis-url {redact(url)!r}: {exc}") from None
+
+    def close(self) -> None:
+        try:
+            self._redis.close()
+        except redis.exceptions.RedisError:
+            pass  # closing a broken socket must not mask the job's result
+
+    def _unavailable(self, exc: Exception) -> RedisUnavailable:
+        text = str(exc).strip()
+        detail = text.splitlines()[0].rstrip(".") if text else type(exc).__name__
+        return RedisUnavailable(
+            f"cannot use Redis at {redact(self.url)}: {redact(detail)}",
+            self.error_exit_code,
+        )
+
+    def _execute(self, *command: str | int) -> Any:
+        return self._redis.execute_command(*command)  # type: ignore[no-untyped-call]
+
+    def call(self, script: str, keys: list[str], args: list[str | int]) -> list[Any]:
+        """EVALSHA, falling back to EVAL when the server's script cache lacks it."""
+        sha = self._shas.get(script) or self._shas.setdefault(script, _sha(script))
+        try:
+            try:
+                reply = self._execute("EVALSHA", sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
+                reply = self._execute("EVAL", script, len(keys), *keys, *args)
+        except redis.exceptions.RedisError as exc:
+            raise self._unavailable(exc) from exc
+        if not isinstance(reply, list):
+            raise self._unavailable(RuntimeError(f"unexpected script reply {reply!r}"))
+        return reply
+
+    def call_retrying(
+        self, script: str, keys: list[str], args: list[str | int], attempts: int = 3
+    ) -> list[Any]:
+        """Retry only dropped connections, never timeouts.
+
+        A dropped connection may have eaten the reply of a script that ran; our
+        scripts recognise their own effect, so sending again is safe. A timeout
+        means Redis is stuck or unreachable, and waiting again would only
+        stretch the time to fail.
+        """
+        for attempt in range(attempts):
+            try:
+                return self.call(script, keys, args)
+            except RedisUnavailable as exc:
+                cause = exc.__cause__
+                retriable = isinstance(cause, redis.exceptions.ConnectionError) and not isinstance(
+                    cause, redis.exceptions.TimeoutError
+                )
+                if not retriable or attempt == attempts - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+
+@dataclass
+class Lease:
+    """One server's claim on one fire, from acquire to release."""
+
+    client: LockClient
+    key: str
+    fire: str
+    ttl_ms: int
+    guard: bool
+    owner: str
+    host: str
+    fence: int = 0
+
+    @property
+    def keys(self) -> dict[str, str]:
+        return job_keys(self.key, self.fire)
+
+    def _args(self, millis: int, *extra: str | int) -> list[str | int]:
+        """ARGV shared by the three scripts: owner, a duration, guard flag, identity."""
+        guard = "1" if self.guard else "0"
+        return [self.owner, millis, guard, self.fire, self.host, os.getpid(), HISTORY_MAXLEN,
+                *extra]
+
+    def acquire(self) -> Acquired:
+        k = self.keys
+        r = self.client.call_retrying(
+            ACQUIRE_SCRIPT, [k["fire"], k["running"], k["fence"], k["hist"]],
+            self._args(self.ttl_ms),
+        )
+        result = Acquired(str(r[0]), int(r[1]), int(r[2]), str(r[3]), str(r[4]))
+        if result.won:
+            self.fence = result.fence
+        return result
+
+    def renew(self) -> Renewed:
+        k = self.keys
+        r = self.client.call(RENEW_SCRIPT, [k["fire"], k["running"], k["hist"]],
+                             self._args(self.ttl_ms))
+        return Renewed(r[0] == "ok", int(r[1]), str(r[2]))
+
+    def release(self, retention_ms: int, exit_code: int, outcome: str) -> bool:
+        """Record the end of the fire; False when the claim was no longer ours."""
+        k = self.keys
+        r = self.client.call_retrying(RELEASE_SCRIPT, [k["fire"], k["running"], k["hist"]],
+                                      self._args(retention_ms, exit_code, outcome))
+        return bool(r[0] == "ok")

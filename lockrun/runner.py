@@ -1,0 +1,208 @@
+"""One invocation of the wrapper: acquire the fire, supervise the job, record its end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+
+from lockrun.config import Config
+from lockrun.errors import LockrunError, RedisUnavailable
+from lockrun.exitcodes import ExitCode, from_wait_status
+from lockrun.output import Reporter
+from lockrun.protocol import Acquired, Lease, LockClient, new_owner
+from lockrun.supervise import Child, SignalInbox, resolve_command
+
+CHILD_ENV = ("LOCKRUN_KEY", "LOCKRUN_FIRE", "LOCKRUN_FENCE", "LOCKRUN_OWNER")
+
+
+def run(cfg: Config, out: Reporter) -> int:
+    """Return the exit status for the whole invocation (see exitcodes.ExitCode)."""
+    env = {k: v for k, v in os.environ.items() if k not in CHILD_ENV}
+    env["LOCKRUN_KEY"] = cfg.key
+    env["LOCKRUN_FIRE"] = cfg.fire
+    program = resolve_command(cfg.command, env)
+    client = LockClient(cfg.redis_url, cfg.redis_timeout, cfg.error_exit_code)
+    inbox = SignalInbox()
+    try:
+        if cfg.jitter > 0:
+            delay = cfg.jitter * int.from_bytes(os.urandom(4), "big") / 2**32
+            out.info(f"waiting {delay:.1f}s of jitter before acquiring fire {cfg.fire}")
+            deadline = time.monotonic() + delay
+            while not inbox.pending and time.monotonic() < deadline:
+                inbox.wait(deadline - time.monotonic())
+            if inbox.pending:
+                return ExitCode.SIGNAL_BASE + inbox.pending[0]
+        lease = Lease(client, cfg.key, cfg.fire, cfg.ttl_ms, cfg.overlap == "skip",
+                      new_owner(), socket.gethostname())
+        acquired_at = time.monotonic()
+        try:
+            acq = lease.acquire()
+        except RedisUnavailable as exc:
+            return _redis_down(cfg, out, exc, program, env, inbox)
+        if not acq.won:
+            out.info(_skip_reason(cfg, acq))
+            return cfg.skip_exit_code
+        out.info(f"acquired {cfg.key} fire {cfg.fire} (fence {acq.fence})")
+        env["LOCKRUN_FENCE"] = str(acq.fence)
+        env["LOCKRUN_OWNER"] = lease.owner
+        if inbox.pending:  # told to stop before the job could start
+            sig = inbox.pending[0]
+            _release(lease, cfg, out, ExitCode.SIGNAL_BASE + sig, "cancelled")
+            return ExitCode.SIGNAL_BASE + sig
+        return Supervisor(cfg, out, inbox, lease, acquired_at).run(program, env)
+    finally:
+        inbox.close()
+        client.close()
+
+
+def _skip_reason(cfg: Config, acq: Acquired) -> str:
+    where = f"{cfg.key} fire {cfg.fire}"
+    if acq.status == "done":
+        return f"skipped {where}: already done by {acq.holder_host} (fence {acq.fence})"
+    if acq.status == "overlap":
+        return (f"skipped {where}: fire {acq.holder_detail} is still running on "
+                f"{acq.holder_host} (fence {acq.fence})")
+    return f"skipped {where}: held by {acq.holder_host} (fence {acq.fence})"
+
+
+def _redis_down(cfg: Config, out: Reporter, exc: RedisUnavailable, program: str,
+                env: dict[str, str], inbox: SignalInbox) -> int:
+    """Apply --on-redis-error; every policy says so on stderr, because cron mails it."""
+    if cfg.on_redis_error == "skip":
+        out.error(f"{exc}; skipping fire {cfg.fire} of {cfg.key} (--on-redis-error skip)")
+        return cfg.skip_exit_code
+    if cfg.on_redis_error == "run":
+        out.error(f"{exc}; running {cfg.key} WITHOUT a lock (--on-redis-error run)")
+        return Supervisor(cfg, out, inbox, None, time.monotonic()).run(program, env)
+    out.error(f"{exc}; not running {cfg.key}")
+    return exc.exit_code
+
+
+def _release(lease: Lease, cfg: Config, out: Reporter, code: int, outcome: str) -> None:
+    try:
+        if not lease.release(cfg.retention_ms, code, outcome):
+            out.error(f"lease on {cfg.key} fire {cfg.fire} was lost before the job ended; "
+                      "another server may have run this fire too")
+    except RedisUnavailable as exc:
+        out.error(f"{exc}; could not record the end of fire {cfg.fire} of {cfg.key}: "
+                  f"its claim expires within {cfg.ttl:g}s")
+
+
+class Supervisor:
+    """The wait loop: forward signals, renew the lease, enforce --timeout, reap."""
+
+    def __init__(self, cfg: Config, out: Reporter, inbox: SignalInbox, lease: Lease | None,
+                 acquired_at: float) -> None:
+        self.cfg = cfg
+        self.out = out
+        self.inbox = inbox
+        self.lease = lease
+        self.interval = cfg.ttl / 3
+        self.retry_interval = max(0.1, min(1.0, cfg.ttl / 10))
+        self.lease_deadline = acquired_at + cfg.ttl
+        self.next_renew = acquired_at + self.interval
+        self.lost = False
+        self.renew_failing = False
+        self.timed_out = False
+        self.kill_at: float | None = None
+        self.cleaning = False
+
+    def run(self, program: str, env: dict[str, str]) -> int:
+        cfg = self.cfg
+        try:
+            child = Child(cfg.command, program, env)
+        except LockrunError as exc:
+            if self.lease is not None:
+                _release(self.lease, cfg, self.out, exc.exit_code, "exec-failed")
+            raise
+        started = time.monotonic()
+        timeout_at = started + cfg.timeout if cfg.timeout is not None else None
+        while True:
+            status = child.reap()
+            for sig in self.inbox.take():
+                if sig != signal.SIGCHLD:
+                    child.forward(sig)
+            now = time.monotonic()
+            if status is not None:
+                if not child.leftovers():
+                    break
+                if not self.cleaning:
+                    self.cleaning = True
+                    self.out.warning(f"{cfg.key}: the job exited but left processes running; "
+                                     "stopping them before releasing the lock")
+                    self._stop(child, now)
+            if timeout_at is not None and not self.timed_out and now >= timeout_at:
+                self.timed_out = True
+                self.out.error(f"{cfg.key} fire {cfg.fire} timed out after "
+                               f"{cfg.timeout:g}s; stopping it")
+                self._stop(child, now)
+            if self.kill_at is not None and now >= self.kill_at:
+                child.signal_tree(signal.SIGKILL)
+                self.kill_at = None
+            if self.lease is not None and not self.lost:
+                self._keep_lease(child)
+            self.inbox.wait(self._next_wake(timeout_at))
+        child.restore_terminal()
+        code = ExitCode.TIMEOUT if self.timed_out else from_wait_status(child.status or 0)
+        if self.lease is not None and self.lost:
+            self._record_lost_end(int(code))
+        elif self.lease is not None:
+            outcome = "timeout" if self.timed_out else "exited"
+            _release(self.lease, cfg, self.out, int(code), outcome)
+        return int(code)
+
+    def _record_lost_end(self, code: int) -> None:
+        assert self.lease is not None
+        try:
+            self.lease.release(self.cfg.retention_ms, code, "lost")
+        except RedisUnavailable:
+            pass  # the loss was already reported; history is best effort here
+
+    def _stop(self, child: Child, now: float) -> None:
+        child.signal_tree(signal.SIGTERM)
+        child.signal_tree(signal.SIGCONT)  # a stopped job must wake to see SIGTERM
+        self.kill_at = now + self.cfg.kill_after
+
+    def _keep_lease(self, child: Child) -> None:
+        assert self.lease is not None
+        now = time.monotonic()
+        if now >= self.next_renew:
+            try:
+                renewed = self.lease.renew()
+            except RedisUnavailable as exc:
+                if not self.renew_failing:
+                    self.out.warning(f"{exc}; cannot renew the lease on {self.cfg.key}, retrying")
+                self.renew_failing = True
+                self.next_renew = now + self.retry_interval
+            else:
+                if renewed.ok:
+                    self.renew_failing = False
+                    self.lease_deadline = now + self.cfg.ttl
+                    self.next_renew = now + self.interval
+                else:
+                    self._lose(child, renewed.reason)
+                    return
+        if time.monotonic() >= self.lease_deadline:
+            self._lose(child, f"no successful renewal within the {self.cfg.ttl:g}s ttl")
+
+    def _lose(self, child: Child, reason: str) -> None:
+        self.lost = True
+        where = f"lost the lease on {self.cfg.key} fire {self.cfg.fire} ({reason})"
+        if self.cfg.on_lost == "kill" and child.status is None:
+            self.out.error(f"{where}; stopping the job (--on-lost kill)")
+            self._stop(child, time.monotonic())
+        else:
+            self.out.error(f"{where}; the job keeps running without a lock (--on-lost warn)")
+
+    def _next_wake(self, timeout_at: float | None) -> float:
+        candidates = [t for t in (timeout_at if not self.timed_out else None, self.kill_at)
+                      if t is not None]
+        if self.lease is not None and not self.lost:
+            candidates += [self.next_renew, self.lease_deadline]
+        if self.cleaning:
+            candidates.append(time.monotonic() + 0.05)  # group members don't SIGCHLD us
+        if not candidates:
+            return 60.0
+        return max(0.0, min(candidates) - time.monotonic())
