@@ -53,15 +53,15 @@ def _env(name: str) -> dict[str, Any]:
 @click.command(context_settings=CONTEXT, epilog="Exit status: the job's own; 128+N if it died of "
                "signal N; 0 (-E) when skipped; 75 (--error-exit-code) when Redis is unusable; "
                "64 usage error; 124 timeout; 126 not executable; 127 not found. See lockrun(1).")
-@click.option("-k", "--key", required=True, callback=_name,
+@click.option("-k", "--key", required=True, callback=_name, metavar="NAME",
               help="Job name: 1-200 of A-Z a-z 0-9 . _ - : (never read from the environment).")
 @click.option("--ttl", **DURATION, default="60s", **_env("TTL"),
               help="Lease length; renewed every ttl/3 while the job runs.  [default: 60s]")
-@click.option("--redis-url", default="redis://localhost:6379/0", **_env("REDIS_URL"),
+@click.option("--redis-url", metavar="URL", default="redis://localhost:6379/0", **_env("REDIS_URL"),
               help="redis://, rediss:// or unix:// URL.  [default: redis://localhost:6379/0]")
 @click.option("--redis-timeout", **DURATION, default="2s", **_env("REDIS_TIMEOUT"),
               help="Connect and reply timeout of every Redis call.  [default: 2s]")
-@click.option("--fire", callback=_name,
+@click.option("--fire", callback=_name, metavar="ID",
               help="Fire id (default: the current UTC minute, e.g. 2026-11-22T03:00:00Z).")
 @click.option("--overlap", type=click.Choice(["skip", "allow"]), default="skip",
               **_env("OVERLAP"),
@@ -79,9 +79,9 @@ def _env(name: str) -> dict[str, Any]:
               help="Stop the job's whole process tree after this long; exit 124.")
 @click.option("--kill-after", **DURATION, default="10s", **_env("KILL_AFTER"),
               help="Grace between SIGTERM and SIGKILL when lockrun stops the job.  [default: 10s]")
-@click.option("-E", "--skip-exit-code", type=EXIT_CODE, default=0, **_env("SKIP_EXIT_CODE"),
+@click.option("-E", "--skip-exit-code", type=EXIT_CODE, default=0, metavar="N", **_env("SKIP_EXIT_CODE"),
               help="Exit status when another server runs this fire.  [default: 0]")
-@click.option("--error-exit-code", type=EXIT_CODE, default=75, **_env("ERROR_EXIT_CODE"),
+@click.option("--error-exit-code", type=EXIT_CODE, default=75, metavar="N", **_env("ERROR_EXIT_CODE"),
               help="Exit status when Redis cannot be used.  [default: 75]")
 @click.option("--jitter", **DURATION, default="0", **_env("JITTER"),
               help="Random delay before acquiring; the fire id is fixed first.  [default: 0]")
