@@ -1,0 +1,124 @@
+"""Pure functions: durations, names, fire ids, redaction, status mapping."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from lockrun.config import Config
+from lockrun.durations import format_duration, parse_duration
+from lockrun.errors import UsageError
+from lockrun.exitcodes import ExitCode, from_wait_status
+from lockrun.fire import minute_fire, validate_name
+from lockrun.output import redact
+from lockrun.protocol import job_keys, new_owner
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90), ("90s", 90), ("10m", 600), ("2h", 7200), ("1d", 86400), ("1.5s", 1.5),
+     ("500ms", 0.5), ("0", 0), (" 5m ", 300)],
+)
+def test_durations_accept_the_documented_forms(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "s", "-5", "5x", "1h30m", "5 m", "1e3", "ten", "5M"])
+def test_durations_reject_everything_else(text: str) -> None:
+    with pytest.raises(UsageError, match="invalid duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(600, "10m"), (86400, "1d"), (1.5, "1500ms"),
+                                               (90, "90s")])
+def test_format_duration_round_trips(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+    assert parse_duration(format_duration(seconds)) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("name", ["a", "nightly-backup", "db.vacuum_1:eu", "x" * 200,
+                                  "2026-11-22T03:00:00Z"])
+def test_valid_names(name: str) -> None:
+    assert validate_name(name, "key") == name
+
+
+@pytest.mark.parametrize("name", ["", "x" * 201, "a b", "a{b}", "a}", "tab\there", "new\nline",
+                                  "ümlaut", "a/b", "a*"])
+def test_invalid_names_are_usage_errors(name: str) -> None:
+    with pytest.raises(UsageError) as err:
+        validate_name(name, "key")
+    assert "\n" not in str(err.value)
+    assert err.value.exit_code == ExitCode.USAGE
+
+
+def test_minute_fire_is_the_utc_minute_floor() -> None:
+    # 2026-11-22T03:00:59Z and 03:00:00Z are the same fire; 03:01:00 is the next one.
+    base = 1795316400  # 2026-11-22T03:00:00Z
+    assert minute_fire(base) == "2026-11-22T03:00:00Z"
+    assert minute_fire(base + 59.99) == "2026-11-22T03:00:00Z"
+    assert minute_fire(base + 60) == "2026-11-22T03:01:00Z"
+
+
+def test_minute_fire_ignores_the_local_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert minute_fire(1795316400) == "2026-11-22T03:00:00Z"
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_all_keys_of_a_job_share_one_hash_tag() -> None:
+    keys = job_keys("backup", "2026-11-22T03:00:00Z")
+    assert keys == {
+        "fire": "lockrun:{backup}:fire:2026-11-22T03:00:00Z",
+        "running": "lockrun:{backup}:running",
+        "fence": "lockrun:{backup}:fence",
+        "hist": "lockrun:{backup}:hist",
+    }
+
+
+def test_owner_tokens_are_unique_and_name_the_process() -> None:
+    owners = {new_owner() for _ in range(1000)}
+    assert len(owners) == 1000
+    token, _, where = next(iter(owners)).partition("@")
+    assert len(token) == 32
+    assert where.endswith(f":{os.getpid()}")
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [("redis://:s3cret@host:6379/0", "redis://:***@host:6379/0"),
+     ("rediss://user:pa55@h/1 failed", "rediss://user:***@h/1 failed"),
+     ("redis://host:6379/0", "redis://host:6379/0")],
+)
+def test_redact_hides_url_passwords(text: str, shown: str) -> None:
+    assert redact(text) == shown
+
+
+def test_wait_status_follows_the_shell_convention() -> None:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(42)
+    assert from_wait_status(os.waitpid(pid, 0)[1]) == 42
+    pid = os.fork()
+    if pid == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    assert from_wait_status(os.waitpid(pid, 0)[1]) == 128 + signal.SIGKILL
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"command": ()}, "no command"), ({"ttl": 0.5}, "--ttl"), ({"retention": 60}, "--retention"),
+     ({"skip_exit_code": 256}, "--skip-exit-code"), ({"timeout": 0}, "--timeout")],
+)
+def test_config_rejects_unsafe_settings(change: dict[str, object], message: str) -> None:
+    settings: dict[str, object] = {"key": "k", "fire": "f", "command": ("true",)}
+    settings.update(change)
+    with pytest.raises(UsageError, match=message):
+        Config(**settings)  # type: ignore[arg-type]
