@@ -1,0 +1,187 @@
+"""The child as users see it: signals, process trees, streams, environment, terminal."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import (LOCKRUN, RedisServer, lockrun_env, pid_alive, run_lockrun, start_lockrun,
+                      wait_for)
+
+FORWARDED = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2]
+
+
+@pytest.mark.parametrize("sig", FORWARDED, ids=lambda s: signal.Signals(s).name)
+def test_signals_are_forwarded_and_the_fire_is_released(redis_server: RedisServer, key: str,
+                                                        tmp_path: Path, sig: int) -> None:
+    started, got = tmp_path / "started", tmp_path / "got"
+    name = signal.Signals(sig).name.removeprefix("SIG")
+    proc = start_lockrun(
+        "-k", key, "--fire", "f1", "--", "sh", "-c",
+        f"trap 'echo {name} > {got}; exit 7' {name}; touch {started}; "
+        "while :; do sleep 0.05; done", url=redis_server.url)
+    wait_for(started.exists, 30, "the job to start")
+    proc.send_signal(sig)
+    assert proc.wait(30) == 7
+    assert got.read_text().strip() == name
+    record = redis_server.client().hgetall(f"lockrun:{{{key}}}:fire:f1")
+    assert record["state"] == "done" and record["exit"] == "7"
+    assert not redis_server.client().exists(f"lockrun:{{{key}}}:running")
+
+
+def test_sigterm_to_a_job_that_dies_of_it_gives_143(redis_server: RedisServer, key: str,
+                                                     tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    proc = start_lockrun("-k", key, "--", "sh", "-c", f"echo $$ > {pidfile}; exec sleep 60",
+                         url=redis_server.url)
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, "the job's pid")
+    proc.terminate()
+    assert proc.wait(30) == 128 + signal.SIGTERM
+
+
+def test_kill_9_of_lockrun_kills_the_job(redis_server: RedisServer, key: str,
+                                         tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    proc = start_lockrun("-k", key, "--", "sh", "-c", f"echo $$ > {pidfile}; exec sleep 300",
+                         url=redis_server.url)
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, "the job's pid")
+    child = int(pidfile.read_text())
+    assert pid_alive(child)
+    proc.kill()
+    proc.wait(30)
+    wait_for(lambda: not pid_alive(child), 10, "the orphaned job to die")
+
+
+def _tree_script(tmp_path: Path, then: str) -> str:
+    """A job with a grandchild in its group, one in its own session, one daemonised."""
+    return (f"sleep 300 & echo $! > {tmp_path}/in-group; "
+            f"setsid sleep 300 & echo $! > {tmp_path}/own-session; "
+            f"(sleep 300 & echo $! > {tmp_path}/daemon) ; "
+            f"touch {tmp_path}/started; {then}")
+
+
+def _pids(tmp_path: Path) -> list[int]:
+    return [int((tmp_path / n).read_text()) for n in ("in-group", "own-session", "daemon")]
+
+
+def test_timeout_kills_every_grandchild(redis_server: RedisServer, key: str,
+                                        tmp_path: Path) -> None:
+    r = run_lockrun("-k", key, "--timeout", "2s", "--kill-after", "2s", "--", "sh", "-c",
+                    _tree_script(tmp_path, "wait"), url=redis_server.url)
+    assert r.returncode == 124
+    pids = _pids(tmp_path)
+    assert not [p for p in pids if pid_alive(p)]
+
+
+def test_processes_left_behind_by_the_job_are_stopped(redis_server: RedisServer, key: str,
+                                                      tmp_path: Path) -> None:
+    r = run_lockrun("-k", key, "--fire", "f1", "--", "sh", "-c", _tree_script(tmp_path, "exit 0"),
+                    url=redis_server.url)
+    assert r.returncode == 0
+    assert "left processes running" in r.stderr
+    assert not [p for p in _pids(tmp_path) if pid_alive(p)]
+    record = redis_server.client().hgetall(f"lockrun:{{{key}}}:fire:f1")
+    assert record["state"] == "done"
+
+
+def test_on_lost_kill_stops_the_whole_tree(redis_server: RedisServer, key: str,
+                                           tmp_path: Path) -> None:
+    proc = start_lockrun("-k", key, "--fire", "f1", "--ttl", "1s", "--on-lost", "kill",
+                         "--kill-after", "1s", "--", "sh", "-c", _tree_script(tmp_path, "wait"),
+                         url=redis_server.url)
+    wait_for((tmp_path / "started").exists, 30, "the job to start")
+    redis_server.client().delete(f"lockrun:{{{key}}}:fire:f1")
+    proc.wait(30)
+    assert not [p for p in _pids(tmp_path) if pid_alive(p)]
+
+
+def test_child_streams_are_inherited_not_buffered(redis_server: RedisServer, key: str,
+                                                  tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    proc = start_lockrun("-k", key, "--", "sh", "-c",
+                         f"echo first; echo oops >&2; while [ ! -e {go} ]; do sleep 0.05; done; "
+                         "cat", url=redis_server.url, stdin=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None and proc.stdin is not None
+    assert proc.stdout.readline() == "first\n"  # arrives while the job is still running
+    assert proc.stderr.readline() == "oops\n"
+    go.touch()
+    proc.stdin.write("from stdin\n")
+    proc.stdin.close()
+    assert proc.wait(30) == 0
+    assert proc.stdout.read() == "from stdin\n"
+
+
+def test_child_environment(redis_server: RedisServer, key: str) -> None:
+    env = lockrun_env(redis_server.url, LOCKRUN_FENCE="stale", LOCKRUN_OWNER="stale",
+                      MY_VAR="kept")
+    r = run_lockrun("-k", key, "--fire", "f1", "--", "sh", "-c",
+                    'echo "$LOCKRUN_KEY|$LOCKRUN_FIRE|$LOCKRUN_FENCE|$LOCKRUN_OWNER|$MY_VAR"',
+                    url=redis_server.url, env=env)
+    got_key, fire, fence, owner, mine = r.stdout.strip().split("|")
+    assert (got_key, fire, mine) == (key, "f1", "kept")
+    stored = redis_server.client().hgetall(f"lockrun:{{{key}}}:fire:f1")
+    assert fence == stored["fence"] and owner == stored["owner"]
+
+
+def test_nested_lockrun_uses_its_own_key(redis_server: RedisServer, key: str) -> None:
+    r = run_lockrun("-k", f"{key}-outer", "--", str(LOCKRUN), "-k", f"{key}-inner", "--",
+                    "sh", "-c", 'echo "$LOCKRUN_KEY $LOCKRUN_FENCE"; exit 4',
+                    url=redis_server.url)
+    assert r.returncode == 4
+    inner_key, inner_fence = r.stdout.split()
+    assert inner_key == f"{key}-inner"
+    c = redis_server.client()
+    outer = c.keys(f"lockrun:{{{key}-outer}}:fire:*")
+    inner = c.keys(f"lockrun:{{{key}-inner}}:fire:*")
+    assert len(outer) == 1 and len(inner) == 1
+    assert c.hget(inner[0], "fence") == inner_fence
+    assert c.hget(outer[0], "exit") == "4"
+
+
+def test_a_manual_run_can_read_the_terminal(redis_server: RedisServer, key: str) -> None:
+    """The job becomes the terminal's foreground group; a background group would stop on read."""
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - runs in the forked child
+        os.environ.clear()
+        os.environ.update(lockrun_env(redis_server.url))
+        os.execv(str(LOCKRUN), [str(LOCKRUN), "-k", key, "--", "sh", "-c",
+                                "read line; echo got:$line"])
+    output = b""
+    os.write(fd, b"hello\n")
+    deadline = time.monotonic() + 30
+    while b"got:hello" not in output and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                output += os.read(fd, 1024)
+            except OSError:
+                break
+    status = None
+    deadline = time.monotonic() + 10
+    while status is None and time.monotonic() < deadline:
+        done, raw = os.waitpid(pid, os.WNOHANG)
+        status = raw if done else None
+        time.sleep(0.02)
+    if status is None:  # a job stopped by SIGTTIN never ends: clean up, then fail
+        os.killpg(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    os.close(fd)
+    assert b"got:hello" in output
+    assert status is not None and os.waitstatus_to_exitcode(status) == 0
+
+
+def test_cron_like_environment_without_a_terminal(redis_server: RedisServer, key: str) -> None:
+    """Cron gives no terminal and a minimal PATH; stdin may be /dev/null."""
+    env = {"PATH": "/usr/bin:/bin", "LOCKRUN_REDIS_URL": redis_server.url, "HOME": "/"}
+    r = subprocess.run([str(LOCKRUN), "-k", key, "--", "sh", "-c", "cat; exit 2"], env=env,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+                       start_new_session=True)
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", "")
