@@ -132,6 +132,8 @@ def wrapper(**options: Any) -> int:
 def _bad_parameter(exc: click.BadParameter) -> str:
     """Name the flag or the environment variable the bad value actually came from."""
     param, ctx = exc.param, exc.ctx
+    if isinstance(exc, click.MissingParameter):
+        return exc.format_message()
     if param is None or param.name is None or ctx is None:
         return exc.format_message()
     source = ctx.get_parameter_source(param.name)

@@ -48,6 +48,7 @@ def test_bad_arguments_are_one_line_and_exit_64(redis_server: RedisServer, tmp_p
     assert r.stderr.startswith("lockrun: ")
     assert len(r.stderr.splitlines()) == 1, r.stderr
     assert "Traceback" not in r.stderr
+    assert not r.stderr.rstrip().endswith(":"), "the reason is missing"
     assert not marker.exists()
     assert redis_server.client().dbsize() == before
 
