@@ -17,7 +17,8 @@ def validate_name(value: str, what: str) -> str:
     if not _NAME.fullmatch(value):
         shown = value if value.isprintable() else value.encode("unicode_escape").decode()
         raise UsageError(
-            f"invalid {what} {shown!r}: use 1-200 characters from A-Z a-z 0-9 . _ - :"
+            f"invalid {what} {shown!r}: use 1-200 characters, each a letter, a digit, "
+            "'.', '_', '-' or ':'"
         )
     return value
 
