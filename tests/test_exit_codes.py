@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import RedisServer, lockrun_env, run_lockrun
 
 
@@ -122,3 +121,41 @@ def test_password_is_redacted_in_errors(key: str) -> None:
     assert r.returncode == 75
     assert "hunter2" not in r.stderr
     assert "admin:***@" in r.stderr
+
+
+def test_blackholed_redis_is_75_within_10s(own_redis: RedisServer, key: str,
+                                           tmp_path: Path) -> None:
+    """SIGSTOPped Redis accepts connections but never answers: default timeouts bound it."""
+    marker = tmp_path / "ran"
+    own_redis.pause()
+    try:
+        for url in (own_redis.url, own_redis.tcp_url):
+            start = time.monotonic()
+            r = run_lockrun("-k", key, "--", "touch", str(marker), url=url)
+            elapsed = time.monotonic() - start
+            assert r.returncode == 75, r.stderr
+            assert elapsed < 10
+            assert "Timeout" in r.stderr or "timed out" in r.stderr
+    finally:
+        own_redis.resume()
+    assert not marker.exists()
+
+
+def test_on_redis_error_skip_exits_with_the_skip_code_and_says_so(key: str,
+                                                                  tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    r = run_lockrun("-q", "-k", key, "--on-redis-error", "skip", "-E", "3", "--", "touch",
+                    str(marker), url="redis://127.0.0.1:1/0")
+    assert r.returncode == 3
+    assert not marker.exists()
+    assert len(r.stderr.splitlines()) == 1 and "--on-redis-error skip" in r.stderr
+
+
+def test_on_redis_error_run_fails_open_loudly(key: str) -> None:
+    env = lockrun_env("redis://127.0.0.1:1/0", LOCKRUN_ON_REDIS_ERROR="run")
+    r = run_lockrun("-k", key, "--", "sh", "-c",
+                    'echo "key=$LOCKRUN_KEY fence=${LOCKRUN_FENCE-unset}"; exit 9',
+                    url="redis://127.0.0.1:1/0", env=env)
+    assert r.returncode == 9
+    assert r.stdout == f"key={key} fence=unset\n"
+    assert len(r.stderr.splitlines()) == 1 and "WITHOUT a lock" in r.stderr
