@@ -79,9 +79,11 @@ def _env(name: str) -> dict[str, Any]:
               help="Stop the job's whole process tree after this long; exit 124.")
 @click.option("--kill-after", **DURATION, default="10s", **_env("KILL_AFTER"),
               help="Grace between SIGTERM and SIGKILL when lockrun stops the job.  [default: 10s]")
-@click.option("-E", "--skip-exit-code", type=EXIT_CODE, default=0, metavar="N", **_env("SKIP_EXIT_CODE"),
+@click.option("-E", "--skip-exit-code", type=EXIT_CODE, default=0, metavar="N",
+              **_env("SKIP_EXIT_CODE"),
               help="Exit status when another server runs this fire.  [default: 0]")
-@click.option("--error-exit-code", type=EXIT_CODE, default=75, metavar="N", **_env("ERROR_EXIT_CODE"),
+@click.option("--error-exit-code", type=EXIT_CODE, default=75, metavar="N",
+              **_env("ERROR_EXIT_CODE"),
               help="Exit status when Redis cannot be used.  [default: 75]")
 @click.option("--jitter", **DURATION, default="0", **_env("JITTER"),
               help="Random delay before acquiring; the fire id is fixed first.  [default: 0]")

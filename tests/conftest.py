@@ -19,7 +19,8 @@ import redis
 LOCKRUN = Path(sys.executable).parent / "lockrun"
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0,
+             what: str = "condition") -> None:
     """Poll with a deadline instead of sleeping a fixed time."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -153,3 +154,9 @@ def pid_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def history(server: RedisServer, key: str) -> list[dict[str, str]]:
+    """The job's history stream, oldest first, as plain dicts."""
+    raw = server.client().xrange(f"lockrun:{{{key}}}:hist") or []
+    return [{str(k): str(v) for k, v in (fields or {}).items()} for _, fields in raw]

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 from conftest import LOCKRUN
+
 from lockrun.exitcodes import ExitCode
 
 ROOT = Path(__file__).resolve().parent.parent

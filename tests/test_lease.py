@@ -7,9 +7,7 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
-
-from conftest import RedisServer, lockrun_env, run_lockrun, start_lockrun, wait_for
+from conftest import RedisServer, history, run_lockrun, start_lockrun, wait_for
 
 FIRES = int(os.environ.get("LOCKRUN_TEST_FIRES", "4"))
 
@@ -51,8 +49,7 @@ def test_renewal_keeps_a_short_lease_through_a_long_job(redis_server: RedisServe
     assert winner.wait(60) == 5
     assert winner.stderr is not None and winner.stderr.read() == ""  # no lost-lease warning
     assert contenders >= 2
-    events = redis_server.client().xrange(f"lockrun:{{{key}}}:hist")
-    assert [e[1]["event"] for e in events] == ["start", "end"]
+    assert [e["event"] for e in history(redis_server, key)] == ["start", "end"]
 
 
 def test_done_record_stops_a_late_server(redis_server: RedisServer, key: str,
@@ -111,8 +108,7 @@ def test_lost_lease_with_on_lost_kill_stops_the_job(redis_server: RedisServer, k
     assert proc.stderr is not None
     err = proc.stderr.read()
     assert "lost the lease" in err and "someone-else" in err and "--on-lost kill" in err
-    events = [e[1]["event"] for e in redis_server.client().xrange(f"lockrun:{{{key}}}:hist")]
-    assert events == ["start", "lost", "end"]
+    assert [e["event"] for e in history(redis_server, key)] == ["start", "lost", "end"]
 
 
 def test_lost_lease_with_on_lost_warn_says_so_and_keeps_the_exit_code(
@@ -123,9 +119,8 @@ def test_lost_lease_with_on_lost_warn_says_so_and_keeps_the_exit_code(
                          url=redis_server.url)
     wait_for(started.exists, 30, "the job to start")
     redis_server.client().delete(f"lockrun:{{{key}}}:fire:f1")
-    events = f"lockrun:{{{key}}}:hist"
-    wait_for(lambda: any(e[1]["event"] == "lost"
-                         for e in redis_server.client().xrange(events)), 30, "a lost event")
+    wait_for(lambda: any(e["event"] == "lost" for e in history(redis_server, key)), 30,
+             "a lost event")
     release.touch()
     assert proc.wait(30) == 3
     assert proc.stderr is not None

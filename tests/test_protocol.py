@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from conftest import RedisServer, history
 
-from conftest import RedisServer
 from lockrun.errors import RedisUnavailable
 from lockrun.protocol import ACQUIRE_SCRIPT, Lease, LockClient, job_keys, new_owner
 
@@ -71,8 +71,7 @@ def test_release_is_idempotent(redis_server: RedisServer, key: str) -> None:
     winner.acquire()
     assert winner.release(300_000, 0, "exited")
     assert winner.release(300_000, 0, "exited")
-    events = redis_server.client().xrange(job_keys(key, "f1")["hist"])
-    assert [e[1]["event"] for e in events] == ["start", "end"]
+    assert [e["event"] for e in history(redis_server, key)] == ["start", "end"]
 
 
 def test_renew_sets_the_full_ttl_instead_of_adding(redis_server: RedisServer, key: str) -> None:
@@ -93,7 +92,7 @@ def test_renew_detects_a_claim_taken_by_someone_else(redis_server: RedisServer, 
     assert not renewed.ok
     assert "intruder" in renewed.reason
     assert not held.release(300_000, 0, "exited")
-    events = [e[1] for e in redis_server.client().xrange(job_keys(key, "f1")["hist"])]
+    events = history(redis_server, key)
     assert [e["event"] for e in events] == ["start", "lost", "end"]
     assert events[-1]["outcome"] == "lost"
 

@@ -11,9 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import (LOCKRUN, RedisServer, lockrun_env, pid_alive, run_lockrun, start_lockrun,
-                      wait_for)
+from conftest import (
+    LOCKRUN,
+    RedisServer,
+    lockrun_env,
+    pid_alive,
+    run_lockrun,
+    start_lockrun,
+    wait_for,
+)
 
 FORWARDED = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2]

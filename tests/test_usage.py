@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import LOCKRUN, RedisServer, lockrun_env, run_lockrun
 
 BAD_ARGS = [
