@@ -191,7 +191,8 @@ class LockClient:
                 socket_connect_timeout=timeout,
                 retry=Retry(NoBackoff(), 0),
                 decode_responses=True,
-                driver_info=None,
+                protocol=2,  # RESP3 would cost a HELLO round trip on every connection
+                driver_info=None,  # no CLIENT SETINFO round trips either
                 health_check_interval=0,
             )
         except ValueError as exc:

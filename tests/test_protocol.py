@@ -171,3 +171,16 @@ def test_keys_of_one_job_hash_to_one_cluster_slot() -> None:
     slots = {key_slot(k.encode()) for k in job_keys("nightly-backup", "2026-01-01T00:00:00Z")
              .values()}
     assert len(slots) == 1
+
+
+def test_a_skip_costs_one_command_on_the_wire(redis_server: RedisServer, key: str) -> None:
+    """No handshake commands: the skip path is a single EVALSHA on a warm script cache."""
+    lease(redis_server, key).acquire()  # claims f1 and loads the script
+    admin = redis_server.client()
+    admin.config_resetstat()
+    assert lease(redis_server, key).acquire().status == "held"
+    stats = admin.info("commandstats")
+    client_calls = {k: v["calls"] for k, v in stats.items()
+                    if k.removeprefix("cmdstat_") in ("evalsha", "eval", "hello", "client",
+                                                      "select", "ping")}
+    assert client_calls == {"cmdstat_evalsha": 1}
