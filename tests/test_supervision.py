@@ -43,23 +43,26 @@ def test_signals_are_forwarded_and_the_fire_is_released(redis_server: RedisServe
     assert not redis_server.client().exists(f"lockrun:{{{key}}}:running")
 
 
-def test_sigterm_to_a_job_that_dies_of_it_gives_143(redis_server: RedisServer, key: str,
-                                                     tmp_path: Path) -> None:
+def _start_job_with_pid(redis_server: RedisServer, key: str,
+                        tmp_path: Path) -> tuple[subprocess.Popen[str], int]:
+    """Start a job whose main process is ``sleep`` (exec'd) and return its pid."""
     pidfile = tmp_path / "pid"
-    proc = start_lockrun("-k", key, "--", "sh", "-c", f"echo $$ > {pidfile}; exec sleep 60",
+    proc = start_lockrun("-k", key, "--", "sh", "-c", f"echo $$ > {pidfile}; exec sleep 300",
                          url=redis_server.url)
     wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, "the job's pid")
+    return proc, int(pidfile.read_text())
+
+
+def test_sigterm_to_a_job_that_dies_of_it_gives_143(redis_server: RedisServer, key: str,
+                                                     tmp_path: Path) -> None:
+    proc, _ = _start_job_with_pid(redis_server, key, tmp_path)
     proc.terminate()
     assert proc.wait(30) == 128 + signal.SIGTERM
 
 
 def test_kill_9_of_lockrun_kills_the_job(redis_server: RedisServer, key: str,
                                          tmp_path: Path) -> None:
-    pidfile = tmp_path / "pid"
-    proc = start_lockrun("-k", key, "--", "sh", "-c", f"echo $$ > {pidfile}; exec sleep 300",
-                         url=redis_server.url)
-    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, "the job's pid")
-    child = int(pidfile.read_text())
+    proc, child = _start_job_with_pid(redis_server, key, tmp_path)
     assert pid_alive(child)
     proc.kill()
     proc.wait(30)
