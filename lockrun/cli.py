@@ -63,6 +63,17 @@ def _env(name: str) -> dict[str, Any]:
               help="Connect and reply timeout of every Redis call.  [default: 2s]")
 @click.option("--fire", callback=_name, metavar="ID",
               help="Fire id (default: the current UTC minute, e.g. 2026-11-22T03:00:00Z).")
+@click.option("--schedule", metavar="EXPR", **_env("SCHEDULE"),
+              help="The job's cron schedule (5 fields or @daily...): the fire id becomes the "
+                   "latest scheduled time, so late starts still agree.")
+@click.option("--tz", metavar="ZONE", **_env("TZ"),
+              help="Time zone of --schedule.  [default: $CRON_TZ, $TZ, else the system's]")
+@click.option("--grace", **DURATION, default="60s", **_env("GRACE"),
+              help="With --schedule: skip (too-late) when started this long after the "
+                   "scheduled time.  [default: 60s]")
+@click.option("--max-skew", **DURATION, default="2s", **_env("MAX_SKEW"),
+              help="Warn when this server's clock differs from Redis's by more "
+                   "(0: never).  [default: 2s]")
 @click.option("--overlap", type=click.Choice(["skip", "allow"]), default="skip",
               **_env("OVERLAP"),
               help="skip: skip while an earlier fire of this key still runs.  [default: skip]")
@@ -102,17 +113,27 @@ def wrapper(**options: Any) -> int:
     \b
       0 3 * * *  lockrun --key nightly-backup --ttl 10m -- /usr/local/bin/backup.sh
     """
+    import time
+
     from lockrun.config import Config
     from lockrun.fire import minute_fire
     from lockrun.runner import run
 
     if options["verbose"] and options["quiet"]:
         raise UsageError("--verbose and --quiet cannot be used together")
+    slot = None
+    if options["schedule"] is not None:
+        if options["fire"] is not None:
+            raise UsageError("--fire and --schedule cannot be used together: "
+                             "--schedule derives the fire id")
+        from lockrun.schedule import validate, zone_from
+
+        slot = validate(options["schedule"], zone_from(options["tz"]), time.time())
     verbosity = (Verbosity.VERBOSE if options["verbose"]
                  else Verbosity.QUIET if options["quiet"] else Verbosity.NORMAL)
     cfg = Config(
         key=options["key"],
-        fire=options["fire"] or minute_fire(),
+        fire=slot.fire_id if slot else options["fire"] or minute_fire(),
         command=tuple(options["command"]),
         ttl=options["ttl"],
         redis_url=options["redis_url"],
@@ -127,6 +148,9 @@ def wrapper(**options: Any) -> int:
         error_exit_code=options["error_exit_code"],
         jitter=options["jitter"],
         verbosity=verbosity,
+        slot=slot,
+        grace=options["grace"],
+        max_skew=options["max_skew"],
     )
     return run(cfg, Reporter(verbosity))
 

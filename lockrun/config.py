@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from lockrun.errors import UsageError
 from lockrun.output import Verbosity
+from lockrun.schedule import Slot, hold_until_next
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 MIN_TTL = 1.0
@@ -30,6 +31,10 @@ class Config:
     error_exit_code: int = 75
     jitter: float = 0.0
     verbosity: Verbosity = Verbosity.NORMAL
+    slot: Slot | None = None
+    """Set with --schedule: the scheduled fire this tick belongs to."""
+    grace: float = 60.0
+    max_skew: float = 2.0
 
     def __post_init__(self) -> None:
         if not self.command:
@@ -42,6 +47,8 @@ class Config:
             )
         if not 0 < self.redis_timeout <= 60:
             raise UsageError("--redis-timeout must be between 0 and 60s")
+        if self.grace <= 0:
+            raise UsageError("--grace must be greater than 0")
         if self.timeout is not None and self.timeout <= 0:
             raise UsageError("--timeout must be greater than 0")
         for name, code in (("--skip-exit-code", self.skip_exit_code),
@@ -53,6 +60,9 @@ class Config:
     def ttl_ms(self) -> int:
         return int(self.ttl * 1000)
 
-    @property
-    def retention_ms(self) -> int:
-        return int(self.retention * 1000)
+    def retention_ms(self, now: float) -> int:
+        """With --schedule, a done record outlives the slot, or a later tick would rerun it."""
+        keep = self.retention
+        if self.slot is not None:
+            keep = max(keep, hold_until_next(self.slot, now))
+        return int(keep * 1000)

@@ -63,9 +63,27 @@ if guard == '1' then
     'pid', ARGV[6], 'fire', ARGV[4], 'start', start)
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
+local skew = string.format('%.0f', tonumber(ARGV[8]) - now_ms)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'event', 'start',
-  'fire', ARGV[4], 'owner', owner, 'host', ARGV[5], 'pid', ARGV[6], 'fence', f)
+  'fire', ARGV[4], 'owner', owner, 'host', ARGV[5], 'pid', ARGV[6], 'fence', f,
+  'skew_ms', skew)
 return {'ok', fence, now_ms, '', ''}
+"""
+
+# A scheduled fire that this server reached after its grace. Recorded once, so
+# "which fires ran nowhere" can be answered from the history; a server still
+# within the grace (its clock behind ours) may claim over this record.
+MISS_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {0}
+end
+redis.call('HSET', KEYS[1], 'state', 'missed', 'outcome', 'too-late', 'host', ARGV[5],
+  'pid', ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'event', 'skip', 'fire', ARGV[4],
+  'owner', ARGV[1], 'host', ARGV[5], 'pid', ARGV[6], 'reason', 'too-late',
+  'late_ms', ARGV[8])
+return {1}
 """
 
 # Sets (never adds) the full TTL on both keys, only while they are still ours.
@@ -278,9 +296,10 @@ class Lease:
 
     def acquire(self) -> Acquired:
         k = self.keys
+        local_ms = round(time.time() * 1000)
         r = self.client.call_retrying(
             ACQUIRE_SCRIPT, [k["fire"], k["running"], k["fence"], k["hist"]],
-            self._args(self.ttl_ms),
+            self._args(self.ttl_ms, local_ms),
         )
         result = Acquired(str(r[0]), int(r[1]), int(r[2]), str(r[3]), str(r[4]))
         if result.won:
@@ -292,6 +311,13 @@ class Lease:
         r = self.client.call(RENEW_SCRIPT, [k["fire"], k["running"], k["hist"]],
                              self._args(self.ttl_ms))
         return Renewed(r[0] == "ok", int(r[1]), str(r[2]))
+
+    def record_miss(self, retention_ms: int, late_ms: int) -> bool:
+        """Note a scheduled fire skipped as too late; False if the fire already has a record."""
+        k = self.keys
+        r = self.client.call_retrying(MISS_SCRIPT, [k["fire"], k["hist"]],
+                                      self._args(retention_ms, late_ms))
+        return bool(r[0] == 1)
 
     def release(self, retention_ms: int, exit_code: int, outcome: str) -> bool:
         """Record the end of the fire; False when the claim was no longer ours."""

@@ -12,6 +12,7 @@ from lockrun.errors import LockrunError, RedisUnavailable
 from lockrun.exitcodes import ExitCode, from_wait_status
 from lockrun.output import Reporter
 from lockrun.protocol import Acquired, Lease, LockClient, new_owner
+from lockrun.schedule import Slot
 from lockrun.supervise import Child, SignalInbox, resolve_command
 
 CHILD_ENV = ("LOCKRUN_KEY", "LOCKRUN_FIRE", "LOCKRUN_FENCE", "LOCKRUN_OWNER")
@@ -24,6 +25,11 @@ def run(cfg: Config, out: Reporter) -> int:
     env["LOCKRUN_FIRE"] = cfg.fire
     program = resolve_command(cfg.command, env)
     client = LockClient(cfg.redis_url, cfg.redis_timeout, cfg.error_exit_code)
+    if cfg.slot is not None and time.time() - cfg.slot.fire > cfg.grace:
+        try:
+            return _too_late(cfg, out, cfg.slot, client)
+        finally:
+            client.close()
     inbox = SignalInbox()
     try:
         if cfg.jitter > 0:
@@ -37,10 +43,12 @@ def run(cfg: Config, out: Reporter) -> int:
         lease = Lease(client, cfg.key, cfg.fire, cfg.ttl_ms, cfg.overlap == "skip",
                       new_owner(), socket.gethostname())
         acquired_at = time.monotonic()
+        sent = time.time()
         try:
             acq = lease.acquire()
         except RedisUnavailable as exc:
             return _redis_down(cfg, out, exc, program, env, inbox)
+        _check_clock(cfg, out, (sent + time.time()) / 2 - acq.server_ms / 1000)
         if not acq.won:
             out.info(_skip_reason(cfg, acq))
             return cfg.skip_exit_code
@@ -55,6 +63,28 @@ def run(cfg: Config, out: Reporter) -> int:
     finally:
         inbox.close()
         client.close()
+
+
+def _too_late(cfg: Config, out: Reporter, slot: Slot, client: LockClient) -> int:
+    """Past the grace, this tick must not start the fire; the first to notice records it."""
+    late = time.time() - slot.fire
+    out.info(f"skipped {cfg.key} fire {cfg.fire}: too late ({late:.0f}s after the scheduled "
+             f"time, --grace {cfg.grace:g}s)")
+    lease = Lease(client, cfg.key, cfg.fire, cfg.ttl_ms, False, new_owner(), socket.gethostname())
+    try:
+        lease.record_miss(cfg.retention_ms(time.time()), round(late * 1000))
+    except RedisUnavailable as exc:
+        out.error(f"{exc}; fire {cfg.fire} of {cfg.key} is past its grace, not running it")
+        return exc.exit_code if cfg.on_redis_error == "fail" else cfg.skip_exit_code
+    return cfg.skip_exit_code
+
+
+def _check_clock(cfg: Config, out: Reporter, skew: float) -> None:
+    """Fire ids come from the local clock, so a drifting one must be fixed (NTP), loudly."""
+    if cfg.max_skew > 0 and abs(skew) > cfg.max_skew:
+        direction = "ahead of" if skew > 0 else "behind"
+        out.warning(f"this server's clock is {abs(skew):.1f}s {direction} the Redis server's "
+                    f"(--max-skew {cfg.max_skew:g}s): fix NTP on {socket.gethostname()}")
 
 
 def _skip_reason(cfg: Config, acq: Acquired) -> str:
@@ -82,7 +112,7 @@ def _redis_down(cfg: Config, out: Reporter, exc: RedisUnavailable, program: str,
 
 def _release(lease: Lease, cfg: Config, out: Reporter, code: int, outcome: str) -> None:
     try:
-        if not lease.release(cfg.retention_ms, code, outcome):
+        if not lease.release(cfg.retention_ms(time.time()), code, outcome):
             out.error(f"lease on {cfg.key} fire {cfg.fire} was lost before the job ended; "
                       "another server may have run this fire too")
     except RedisUnavailable as exc:
@@ -156,7 +186,7 @@ class Supervisor:
     def _record_lost_end(self, code: int) -> None:
         assert self.lease is not None
         try:
-            self.lease.release(self.cfg.retention_ms, code, "lost")
+            self.lease.release(self.cfg.retention_ms(time.time()), code, "lost")
         except RedisUnavailable:
             pass  # the loss was already reported; history is best effort here
 

@@ -160,3 +160,18 @@ def history(server: RedisServer, key: str) -> list[dict[str, str]]:
     """The job's history stream, oldest first, as plain dicts."""
     raw = server.client().xrange(f"lockrun:{{{key}}}:hist") or []
     return [{str(k): str(v) for k, v in (fields or {}).items()} for _, fields in raw]
+
+
+def faketime_env(url: str, spec: str, **extra: str) -> dict[str, str]:
+    """lockrun's environment with its wall clock faked by libfaketime (monotonic stays real).
+
+    *spec* is libfaketime's: ``@2026-03-29 01:00:07`` starts the clock there,
+    ``+10s`` shifts it.
+    """
+    import glob
+
+    libs = glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
+    if not libs:
+        pytest.fail("libfaketime is not installed: run the README's test command")
+    return lockrun_env(url, LD_PRELOAD=libs[0], FAKETIME=spec, FAKETIME_DONT_FAKE_MONOTONIC="1",
+                       FAKETIME_NO_CACHE="1", **extra)

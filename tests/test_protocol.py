@@ -30,7 +30,7 @@ def test_acquire_is_idempotent_for_its_own_owner(redis_server: RedisServer, key:
     keys = job_keys(key, "f1")
     # The script ran on the server but its reply never reached us:
     redis_server.client().eval(ACQUIRE_SCRIPT, 4, keys["fire"], keys["running"], keys["fence"],
-                               keys["hist"], first.owner, 10_000, "1", "f1", "testhost", 1, 100)
+                               keys["hist"], *first._args(10_000, round(time.time() * 1000)))
     retried = first.acquire()
     assert retried.won
     stored = redis_server.client().hget(keys["fire"], "fence")
