@@ -9,35 +9,14 @@ from typing import Any, NoReturn
 import click
 
 from lockrun import __version__
+from lockrun.configfile import EXTRA_SETTINGS, FileSettings
+from lockrun.configfile import load as load_settings
 from lockrun.errors import LockrunError, UsageError
 from lockrun.exitcodes import ExitCode
+from lockrun.options import duration, env, http_url, name, password, writable_dir
 from lockrun.output import Reporter, Verbosity
 
-
-def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    if value is None:
-        return None
-    from lockrun.durations import parse_duration
-
-    try:
-        return parse_duration(value)
-    except UsageError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from None
-
-
-def _name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """A key or fire id: the characters that are safe inside a Redis key name."""
-    if value is None:
-        return None
-    from lockrun.fire import validate_name
-
-    try:
-        return validate_name(value, "value")
-    except UsageError as exc:
-        raise click.BadParameter(str(exc).removeprefix("invalid value "), ctx, param) from None
-
-
-DURATION: dict[str, Any] = {"callback": _duration, "metavar": "DURATION"}
+DURATION = duration()
 EXIT_CODE = click.IntRange(0, 255)
 CONTEXT = {
     "help_option_names": ["-h", "--help"],
@@ -46,61 +25,72 @@ CONTEXT = {
 }
 
 
-def _env(name: str) -> dict[str, Any]:
-    return {"envvar": f"LOCKRUN_{name}", "show_envvar": True}
-
-
 @click.command(context_settings=CONTEXT, epilog="Exit status: the job's own; 128+N if it died of "
                "signal N; 0 (-E) when skipped; 75 (--error-exit-code) when Redis is unusable; "
                "64 usage error; 124 timeout; 126 not executable; 127 not found. See lockrun(1).")
-@click.option("-k", "--key", required=True, callback=_name, metavar="NAME",
+@click.option("-k", "--key", required=True, callback=name, metavar="NAME",
               help="Job name: 1-200 of A-Z a-z 0-9 . _ - : (never read from the environment).")
-@click.option("--ttl", **DURATION, default="60s", **_env("TTL"),
+@click.option("--ttl", **duration(minimum=1.0), default="60s", **env("TTL"),
               help="Lease length; renewed every ttl/3 while the job runs.  [default: 60s]")
-@click.option("--redis-url", metavar="URL", default="redis://localhost:6379/0", **_env("REDIS_URL"),
+@click.option("--redis-url", metavar="URL", default="redis://localhost:6379/0", **env("REDIS_URL"),
               help="redis://, rediss:// or unix:// URL.  [default: redis://localhost:6379/0]")
-@click.option("--redis-timeout", **DURATION, default="2s", **_env("REDIS_TIMEOUT"),
+@click.option("--redis-timeout", **duration(positive=True, maximum=60.0), default="2s",
+              **env("REDIS_TIMEOUT"),
               help="Connect and reply timeout of every Redis call.  [default: 2s]")
-@click.option("--fire", callback=_name, metavar="ID",
+@click.option("--key-prefix", callback=name, metavar="NAME", default="lockrun",
+              **env("KEY_PREFIX"),
+              help="First part of every Redis key lockrun writes.  [default: lockrun]")
+@click.option("--fire", callback=name, metavar="ID",
               help="Fire id (default: the current UTC minute, e.g. 2026-11-22T03:00:00Z).")
-@click.option("--schedule", metavar="EXPR", **_env("SCHEDULE"),
+@click.option("--schedule", metavar="EXPR", **env("SCHEDULE"),
               help="The job's cron schedule (5 fields or @daily...): the fire id becomes the "
                    "latest scheduled time, so late starts still agree.")
-@click.option("--tz", metavar="ZONE", **_env("TZ"),
+@click.option("--tz", metavar="ZONE", **env("TZ"),
               help="Time zone of --schedule.  [default: $CRON_TZ, $TZ, else the system's]")
-@click.option("--grace", **DURATION, default="60s", **_env("GRACE"),
+@click.option("--grace", **duration(positive=True), default="60s", **env("GRACE"),
               help="With --schedule: skip (too-late) when started this long after the "
                    "scheduled time.  [default: 60s]")
-@click.option("--max-skew", **DURATION, default="2s", **_env("MAX_SKEW"),
+@click.option("--max-skew", **DURATION, default="2s", **env("MAX_SKEW"),
               help="Warn when this server's clock differs from Redis's by more "
                    "(0: never).  [default: 2s]")
 @click.option("--overlap", type=click.Choice(["skip", "allow"]), default="skip",
-              **_env("OVERLAP"),
+              **env("OVERLAP"),
               help="skip: skip while an earlier fire of this key still runs.  [default: skip]")
-@click.option("--retention", **DURATION, default="24h", **_env("RETENTION"),
+@click.option("--retention", default="24h", **env("RETENTION"), **duration(
+                  minimum=120.0, why=": a shorter one lets a late server rerun a fire"),
               help="How long a finished fire's done record is kept (>= 2m).  [default: 24h]")
 @click.option("--on-redis-error", type=click.Choice(["fail", "skip", "run"]), default="fail",
-              **_env("ON_REDIS_ERROR"),
+              **env("ON_REDIS_ERROR"),
               help="fail: exit 75 without running; skip: exit with the skip code; "
                    "run: run without a lock.  [default: fail]")
 @click.option("--on-lost", type=click.Choice(["warn", "kill"]), default="warn",
-              **_env("ON_LOST"),
+              **env("ON_LOST"),
               help="When the lease is lost mid-run: warn, or stop the job.  [default: warn]")
-@click.option("--timeout", **DURATION, default=None, **_env("TIMEOUT"),
+@click.option("--timeout", **duration(positive=True), default=None, **env("TIMEOUT"),
               help="Stop the job's whole process tree after this long; exit 124.")
-@click.option("--kill-after", **DURATION, default="10s", **_env("KILL_AFTER"),
+@click.option("--kill-after", **DURATION, default="10s", **env("KILL_AFTER"),
               help="Grace between SIGTERM and SIGKILL when lockrun stops the job.  [default: 10s]")
 @click.option("-E", "--skip-exit-code", type=EXIT_CODE, default=0, metavar="N",
-              **_env("SKIP_EXIT_CODE"),
+              **env("SKIP_EXIT_CODE"),
               help="Exit status when another server runs this fire.  [default: 0]")
 @click.option("--error-exit-code", type=EXIT_CODE, default=75, metavar="N",
-              **_env("ERROR_EXIT_CODE"),
+              **env("ERROR_EXIT_CODE"),
               help="Exit status when Redis cannot be used.  [default: 75]")
-@click.option("--jitter", **DURATION, default="0", **_env("JITTER"),
+@click.option("--jitter", **DURATION, default="0", **env("JITTER"),
               help="Random delay before acquiring; the fire id is fixed first.  [default: 0]")
-@click.option("-v", "--verbose", is_flag=True, **_env("VERBOSE"),
+@click.option("--ping-url", metavar="URL", callback=http_url, **env("PING_URL"),
+              help="Healthchecks-style pings from the server that runs the fire: URL/start, "
+                   "then URL on success or URL/<exit code> on failure.")
+@click.option("--metrics-dir", metavar="DIR", callback=writable_dir, **env("METRICS_DIR"),
+              help="Write a Prometheus textfile (lockrun_<key>.prom) here on every fire.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              **env("LOG_FORMAT"), help="Messages as text lines or JSON objects.  "
+                                        "[default: text]")
+@click.option("--syslog", is_flag=True, **env("SYSLOG"),
+              help="Also send every message, decisions included, to syslog (facility cron).")
+@click.option("-v", "--verbose", is_flag=True, **env("VERBOSE"),
               help="One line per decision on stderr (acquired, skipped and why).")
-@click.option("-q", "--quiet", is_flag=True, **_env("QUIET"),
+@click.option("-q", "--quiet", is_flag=True, **env("QUIET"),
               help="No warnings; errors are still printed.")
 @click.version_option(__version__, "-V", "--version", prog_name="lockrun")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="-- COMMAND [ARG]...")
@@ -112,6 +102,13 @@ def wrapper(**options: Any) -> int:
 
     \b
       0 3 * * *  lockrun --key nightly-backup --ttl 10m -- /usr/local/bin/backup.sh
+
+    \b
+    Admin commands (see lockrun COMMAND --help):
+      lockrun status [KEY]     what runs now, how the last fire ended
+      lockrun history KEY      who ran each fire, when, and how it ended
+      lockrun unlock KEY       force-release a stuck lock
+      lockrun doctor           check that Redis is safe for lockrun
     """
     import time
 
@@ -131,8 +128,13 @@ def wrapper(**options: Any) -> int:
         slot = validate(options["schedule"], zone_from(options["tz"]), time.time())
     verbosity = (Verbosity.VERBOSE if options["verbose"]
                  else Verbosity.QUIET if options["quiet"] else Verbosity.NORMAL)
+    if not options["command"]:
+        raise UsageError("no command given: use lockrun [OPTIONS] -- COMMAND [ARG]...")
+    settings = click.get_current_context().obj
     cfg = Config(
         key=options["key"],
+        key_prefix=options["key_prefix"],
+        redis_password=password(settings),
         fire=slot.fire_id if slot else options["fire"] or minute_fire(),
         command=tuple(options["command"]),
         ttl=options["ttl"],
@@ -151,8 +153,12 @@ def wrapper(**options: Any) -> int:
         slot=slot,
         grace=options["grace"],
         max_skew=options["max_skew"],
+        ping_url=options["ping_url"],
+        metrics_dir=options["metrics_dir"],
     )
-    return run(cfg, Reporter(verbosity))
+    out = Reporter(verbosity, json_lines=options["log_format"] == "json", syslog=options["syslog"])
+    out.context = {"key": cfg.key, "fire": cfg.fire}
+    return run(cfg, out)
 
 
 def _bad_parameter(exc: click.BadParameter) -> str:
@@ -165,16 +171,39 @@ def _bad_parameter(exc: click.BadParameter) -> str:
     source = ctx.get_parameter_source(param.name)
     if source is click.core.ParameterSource.ENVIRONMENT and isinstance(param, click.Option):
         where = str(param.envvar)
+    elif source is click.core.ParameterSource.DEFAULT_MAP and isinstance(ctx.obj, FileSettings):
+        where = f"{param.name} ({ctx.obj.where(param.name)})"
     else:
         where = "/".join(getattr(param, "opts", [param.name]))
     return f"invalid value for {where}: {exc.message}"
+
+
+ADMIN_VERBS = ("status", "history", "unlock", "doctor")
+
+
+def _is_admin(args: list[str]) -> bool:
+    """The wrapper form starts with an option, so a verb first means an admin call."""
+    return bool(args) and args[0] in ADMIN_VERBS
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point: nothing but parsing and mapping exceptions to exit statuses."""
     out = Reporter()
     try:
-        status = wrapper.main(args=argv, prog_name="lockrun", standalone_mode=False)
+        args = sys.argv[1:] if argv is None else argv
+        settings = load_settings({p.name for p in wrapper.params
+                                  if p.name and isinstance(p, click.Option) and not p.is_eager})
+        defaults = {k: v for k, v in settings.values.items() if k not in EXTRA_SETTINGS}
+        if _is_admin(args):
+            from lockrun.admin_cli import admin
+
+            per_verb = {verb: {p.name: defaults[p.name] for p in cmd.params if p.name in defaults}
+                        for verb, cmd in admin.commands.items()}
+            status = admin.main(args=args, prog_name="lockrun", standalone_mode=False,
+                                default_map=per_verb, obj=settings)
+        else:
+            status = wrapper.main(args=args, prog_name="lockrun", standalone_mode=False,
+                                  default_map=defaults, obj=settings)
     except click.exceptions.Exit as exc:
         status = exc.exit_code
     except click.exceptions.Abort:

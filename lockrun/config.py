@@ -1,16 +1,13 @@
-"""The validated settings of one lockrun invocation."""
+"""The settings of one invocation; the CLI has already checked each value's range."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lockrun.errors import UsageError
 from lockrun.output import Verbosity
 from lockrun.schedule import Slot, hold_until_next
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
-MIN_TTL = 1.0
-MIN_RETENTION = 120.0
 
 
 @dataclass(frozen=True)
@@ -18,6 +15,8 @@ class Config:
     key: str
     fire: str
     command: tuple[str, ...]
+    key_prefix: str = "lockrun"
+    redis_password: str | None = None
     ttl: float = 60.0
     redis_url: str = DEFAULT_REDIS_URL
     redis_timeout: float = 2.0
@@ -35,26 +34,8 @@ class Config:
     """Set with --schedule: the scheduled fire this tick belongs to."""
     grace: float = 60.0
     max_skew: float = 2.0
-
-    def __post_init__(self) -> None:
-        if not self.command:
-            raise UsageError("no command given: use lockrun [OPTIONS] -- COMMAND [ARG]...")
-        if self.ttl < MIN_TTL:
-            raise UsageError(f"--ttl must be at least {MIN_TTL:g}s")
-        if self.retention < MIN_RETENTION:
-            raise UsageError(
-                "--retention must be at least 2m: a shorter one lets a late server rerun a fire"
-            )
-        if not 0 < self.redis_timeout <= 60:
-            raise UsageError("--redis-timeout must be between 0 and 60s")
-        if self.grace <= 0:
-            raise UsageError("--grace must be greater than 0")
-        if self.timeout is not None and self.timeout <= 0:
-            raise UsageError("--timeout must be greater than 0")
-        for name, code in (("--skip-exit-code", self.skip_exit_code),
-                           ("--error-exit-code", self.error_exit_code)):
-            if not 0 <= code <= 255:
-                raise UsageError(f"{name} must be between 0 and 255")
+    ping_url: str | None = None
+    metrics_dir: str | None = None
 
     @property
     def ttl_ms(self) -> int:

@@ -18,27 +18,68 @@ class Verbosity(IntEnum):
     VERBOSE = 2
 
 
+SYSLOG_SOCKET = "/dev/log"
+_SEVERITY = {"error": 3, "warning": 4, "info": 6}
+_LOG_CRON = 9
+
+
 class Reporter:
-    """Writes ``lockrun: ...`` lines; errors always, warnings unless quiet, info if verbose."""
+    """Writes ``lockrun: ...`` lines; errors always, warnings unless quiet, info if verbose.
 
-    def __init__(self, verbosity: Verbosity = Verbosity.NORMAL) -> None:
+    With --log-format json each line is one JSON object for log shippers; with
+    --syslog every line, decisions included, also goes to syslog (facility
+    cron), so operators can follow decisions without cron mailing them.
+    """
+
+    def __init__(self, verbosity: Verbosity = Verbosity.NORMAL, json_lines: bool = False,
+                 syslog: bool = False) -> None:
         self.verbosity = verbosity
+        self.json_lines = json_lines
+        self.syslog = syslog
+        self.context: dict[str, str] = {}
 
-    def _emit(self, message: str) -> None:
+    def _emit(self, level: str, message: str, shown: bool) -> None:
         line = redact(" ".join(message.split()))
+        if self.syslog:
+            self._to_syslog(level, line)
+        if not shown:
+            return
+        if self.json_lines:
+            import json
+            import time
+
+            record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                      "level": level, **self.context, "msg": line}
+            text = json.dumps(record)
+        else:
+            text = f"lockrun: {line}"
         try:
-            sys.stderr.write(f"lockrun: {line}\n")
+            sys.stderr.write(text + "\n")
             sys.stderr.flush()
         except (OSError, ValueError):
             pass  # a closed stderr must not change the exit status
 
+    def _to_syslog(self, level: str, line: str) -> None:
+        import os
+        import socket
+
+        path = os.environ.get("LOCKRUN_SYSLOG_SOCKET", SYSLOG_SOCKET)
+        priority = _LOG_CRON * 8 + _SEVERITY[level]
+        data = f"<{priority}>lockrun[{os.getpid()}]: {line}".encode(errors="replace")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.connect(path)
+                sock.send(data)
+        except OSError as exc:
+            self.syslog = False  # say it once, then stop trying
+            self._emit("warning", f"cannot write to syslog at {path}: {exc.strerror}",
+                       self.verbosity >= Verbosity.NORMAL)
+
     def error(self, message: str) -> None:
-        self._emit(message)
+        self._emit("error", message, True)
 
     def warning(self, message: str) -> None:
-        if self.verbosity >= Verbosity.NORMAL:
-            self._emit(message)
+        self._emit("warning", message, self.verbosity >= Verbosity.NORMAL)
 
     def info(self, message: str) -> None:
-        if self.verbosity >= Verbosity.VERBOSE:
-            self._emit(message)
+        self._emit("info", message, self.verbosity >= Verbosity.VERBOSE)

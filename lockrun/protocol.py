@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,15 +150,28 @@ return {'lost', now_ms}
 """
 
 
-def job_keys(key: str, fire: str) -> dict[str, str]:
+def job_keys(key: str, fire: str, prefix: str = "lockrun") -> dict[str, str]:
     """Names of every Redis key of one fire; ``{key}`` is the Cluster hash tag."""
-    base = f"lockrun:{{{key}}}"
+    base = f"{prefix}:{{{key}}}"
     return {
         "fire": f"{base}:fire:{fire}",
         "running": f"{base}:running",
         "fence": f"{base}:fence",
         "hist": f"{base}:hist",
     }
+
+
+def _denied_command(script: str, error: str) -> str | None:
+    """Name the command behind "can't run this command ... @user_script:N" (Redis 7 ACLs)."""
+    match = re.search(r"@user_script:(\d+)", error)
+    if not match or ("permission" not in error.lower() and "can't run" not in error):
+        return None
+    lines = script.splitlines()
+    number = int(match.group(1))
+    # the script text starts with a newline, which Redis counts as line 1
+    line = lines[number - 1] if 0 < number <= len(lines) else ""
+    called = re.search(r"redis\.call\('(\w+)'", line)
+    return called.group(1).upper() if called else None
 
 
 def new_owner() -> str:
@@ -198,7 +213,8 @@ class LockClient:
     bounded retry of our own idempotent scripts.
     """
 
-    def __init__(self, url: str, timeout: float, error_exit_code: int) -> None:
+    def __init__(self, url: str, timeout: float, error_exit_code: int,
+                 password: str | None = None) -> None:
         self.url = url
         self.error_exit_code = error_exit_code
         self._shas: dict[str, str] = {}
@@ -208,6 +224,7 @@ class LockClient:
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
                 retry=Retry(NoBackoff(), 0),
+                **({"password": password} if password else {}),
                 decode_responses=True,
                 protocol=2,  # RESP3 would cost a HELLO round trip on every connection
                 driver_info=None,  # no CLIENT SETINFO round trips either
@@ -233,6 +250,28 @@ class LockClient:
     def _execute(self, *command: str | int) -> Any:
         return self._redis.execute_command(*command)  # type: ignore[no-untyped-call]
 
+    def command(self, *args: str | int) -> Any:
+        """One plain command (admin verbs and doctor), with the same error mapping."""
+        try:
+            return self._execute(*args)
+        except redis.exceptions.RedisError as exc:
+            raise self._unavailable(exc) from exc
+
+    def scan(self, pattern: str) -> Iterator[str]:
+        cursor: int | str = 0
+        for _ in range(1_000_000):  # bounded: a cursor that never returns to 0 is a bug
+            cursor, names = self.command("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+            yield from names
+            if int(cursor) == 0:
+                return
+
+    def hgetall(self, key: str) -> dict[str, str]:
+        return dict(self.command("HGETALL", key) or {})
+
+    def xrevrange(self, key: str, count: int) -> list[tuple[str, dict[str, str]]]:
+        entries = self.command("XREVRANGE", key, "+", "-", "COUNT", count) or []
+        return [(str(i), dict(f or {})) for i, f in entries]
+
     def call(self, script: str, keys: list[str], args: list[str | int]) -> list[Any]:
         """EVALSHA, falling back to EVAL when the server's script cache lacks it."""
         sha = self._shas.get(script) or self._shas.setdefault(script, _sha(script))
@@ -242,6 +281,12 @@ class LockClient:
             except redis.exceptions.NoScriptError:
                 reply = self._execute("EVAL", script, len(keys), *keys, *args)
         except redis.exceptions.RedisError as exc:
+            denied = _denied_command(script, str(exc))
+            if denied:
+                raise RedisUnavailable(
+                    f"Redis at {redact(self.url)} refused lockrun's script: the user may not "
+                    f"run {denied} (grant +{denied.lower()} on keys matching the prefix)",
+                    self.error_exit_code) from exc
             raise self._unavailable(exc) from exc
         if not isinstance(reply, list):
             raise self._unavailable(RuntimeError(f"unexpected script reply {reply!r}"))
@@ -282,17 +327,20 @@ class Lease:
     guard: bool
     owner: str
     host: str
+    prefix: str = "lockrun"
     fence: int = 0
 
     @property
     def keys(self) -> dict[str, str]:
-        return job_keys(self.key, self.fire)
+        return job_keys(self.key, self.fire, self.prefix)
 
     def _args(self, millis: int, *extra: str | int) -> list[str | int]:
         """ARGV shared by the three scripts: owner, a duration, guard flag, identity."""
         guard = "1" if self.guard else "0"
-        return [self.owner, millis, guard, self.fire, self.host, os.getpid(), HISTORY_MAXLEN,
-                *extra]
+        # plain ints: redis-py writes an IntEnum as its repr ("<ExitCode...>")
+        plain = [int(x) if isinstance(x, int) else x for x in extra]
+        return [self.owner, int(millis), guard, self.fire, self.host, os.getpid(),
+                HISTORY_MAXLEN, *plain]
 
     def acquire(self) -> Acquired:
         k = self.keys
@@ -323,5 +371,5 @@ class Lease:
         """Record the end of the fire; False when the claim was no longer ours."""
         k = self.keys
         r = self.client.call_retrying(RELEASE_SCRIPT, [k["fire"], k["running"], k["hist"]],
-                                      self._args(retention_ms, exit_code, outcome))
+                                      self._args(retention_ms, int(exit_code), outcome))
         return bool(r[0] == "ok")

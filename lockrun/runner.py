@@ -10,6 +10,7 @@ import time
 from lockrun.config import Config
 from lockrun.errors import LockrunError, RedisUnavailable
 from lockrun.exitcodes import ExitCode, from_wait_status
+from lockrun.monitor import Hooks
 from lockrun.output import Reporter
 from lockrun.protocol import Acquired, Lease, LockClient, new_owner
 from lockrun.schedule import Slot
@@ -20,14 +21,16 @@ CHILD_ENV = ("LOCKRUN_KEY", "LOCKRUN_FIRE", "LOCKRUN_FENCE", "LOCKRUN_OWNER")
 
 def run(cfg: Config, out: Reporter) -> int:
     """Return the exit status for the whole invocation (see exitcodes.ExitCode)."""
+    hooks = Hooks(cfg.key, cfg.ping_url, cfg.metrics_dir, out)
     env = {k: v for k, v in os.environ.items() if k not in CHILD_ENV}
     env["LOCKRUN_KEY"] = cfg.key
     env["LOCKRUN_FIRE"] = cfg.fire
     program = resolve_command(cfg.command, env)
-    client = LockClient(cfg.redis_url, cfg.redis_timeout, cfg.error_exit_code)
+    client = LockClient(cfg.redis_url, cfg.redis_timeout, cfg.error_exit_code,
+                        cfg.redis_password)
     if cfg.slot is not None and time.time() - cfg.slot.fire > cfg.grace:
         try:
-            return _too_late(cfg, out, cfg.slot, client)
+            return _too_late(cfg, out, cfg.slot, client, hooks)
         finally:
             client.close()
     inbox = SignalInbox()
@@ -40,17 +43,18 @@ def run(cfg: Config, out: Reporter) -> int:
                 inbox.wait(deadline - time.monotonic())
             if inbox.pending:
                 return ExitCode.SIGNAL_BASE + inbox.pending[0]
-        lease = Lease(client, cfg.key, cfg.fire, cfg.ttl_ms, cfg.overlap == "skip",
-                      new_owner(), socket.gethostname())
+        lease = _lease(cfg, client, guard=cfg.overlap == "skip")
         acquired_at = time.monotonic()
         sent = time.time()
         try:
             acq = lease.acquire()
         except RedisUnavailable as exc:
-            return _redis_down(cfg, out, exc, program, env, inbox)
+            hooks.redis_unusable()
+            return _redis_down(cfg, out, exc, program, env, inbox, hooks)
         _check_clock(cfg, out, (sent + time.time()) / 2 - acq.server_ms / 1000)
         if not acq.won:
             out.info(_skip_reason(cfg, acq))
+            hooks.skipped()
             return cfg.skip_exit_code
         out.info(f"acquired {cfg.key} fire {cfg.fire} (fence {acq.fence})")
         env["LOCKRUN_FENCE"] = str(acq.fence)
@@ -59,23 +63,30 @@ def run(cfg: Config, out: Reporter) -> int:
             sig = inbox.pending[0]
             _release(lease, cfg, out, ExitCode.SIGNAL_BASE + sig, "cancelled")
             return ExitCode.SIGNAL_BASE + sig
-        return Supervisor(cfg, out, inbox, lease, acquired_at).run(program, env)
+        return Supervisor(cfg, out, inbox, lease, acquired_at, hooks).run(program, env)
     finally:
         inbox.close()
         client.close()
 
 
-def _too_late(cfg: Config, out: Reporter, slot: Slot, client: LockClient) -> int:
+def _lease(cfg: Config, client: LockClient, guard: bool) -> Lease:
+    return Lease(client, cfg.key, cfg.fire, cfg.ttl_ms, guard, new_owner(), socket.gethostname(),
+                 cfg.key_prefix)
+
+
+def _too_late(cfg: Config, out: Reporter, slot: Slot, client: LockClient, hooks: Hooks) -> int:
     """Past the grace, this tick must not start the fire; the first to notice records it."""
     late = time.time() - slot.fire
     out.info(f"skipped {cfg.key} fire {cfg.fire}: too late ({late:.0f}s after the scheduled "
              f"time, --grace {cfg.grace:g}s)")
-    lease = Lease(client, cfg.key, cfg.fire, cfg.ttl_ms, False, new_owner(), socket.gethostname())
+    lease = _lease(cfg, client, guard=False)
     try:
         lease.record_miss(cfg.retention_ms(time.time()), round(late * 1000))
     except RedisUnavailable as exc:
+        hooks.redis_unusable()
         out.error(f"{exc}; fire {cfg.fire} of {cfg.key} is past its grace, not running it")
         return exc.exit_code if cfg.on_redis_error == "fail" else cfg.skip_exit_code
+    hooks.skipped()
     return cfg.skip_exit_code
 
 
@@ -98,14 +109,14 @@ def _skip_reason(cfg: Config, acq: Acquired) -> str:
 
 
 def _redis_down(cfg: Config, out: Reporter, exc: RedisUnavailable, program: str,
-                env: dict[str, str], inbox: SignalInbox) -> int:
+                env: dict[str, str], inbox: SignalInbox, hooks: Hooks) -> int:
     """Apply --on-redis-error; every policy says so on stderr, because cron mails it."""
     if cfg.on_redis_error == "skip":
         out.error(f"{exc}; skipping fire {cfg.fire} of {cfg.key} (--on-redis-error skip)")
         return cfg.skip_exit_code
     if cfg.on_redis_error == "run":
         out.error(f"{exc}; running {cfg.key} WITHOUT a lock (--on-redis-error run)")
-        return Supervisor(cfg, out, inbox, None, time.monotonic()).run(program, env)
+        return Supervisor(cfg, out, inbox, None, time.monotonic(), hooks).run(program, env)
     out.error(f"{exc}; not running {cfg.key}")
     return exc.exit_code
 
@@ -124,8 +135,9 @@ class Supervisor:
     """The wait loop: forward signals, renew the lease, enforce --timeout, reap."""
 
     def __init__(self, cfg: Config, out: Reporter, inbox: SignalInbox, lease: Lease | None,
-                 acquired_at: float) -> None:
+                 acquired_at: float, hooks: Hooks) -> None:
         self.cfg = cfg
+        self.hooks = hooks
         self.out = out
         self.inbox = inbox
         self.lease = lease
@@ -141,11 +153,13 @@ class Supervisor:
 
     def run(self, program: str, env: dict[str, str]) -> int:
         cfg = self.cfg
+        self.hooks.started(self.lease.owner if self.lease else "")
         try:
             child = Child(cfg.command, program, env)
         except LockrunError as exc:
             if self.lease is not None:
                 _release(self.lease, cfg, self.out, exc.exit_code, "exec-failed")
+            self.hooks.finished(exc.exit_code)
             raise
         started = time.monotonic()
         timeout_at = started + cfg.timeout if cfg.timeout is not None else None
@@ -181,6 +195,7 @@ class Supervisor:
         elif self.lease is not None:
             outcome = "timeout" if self.timed_out else "exited"
             _release(self.lease, cfg, self.out, int(code), outcome)
+        self.hooks.finished(int(code))
         return int(code)
 
     def _record_lost_end(self, code: int) -> None:

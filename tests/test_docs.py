@@ -15,14 +15,26 @@ MAN = (ROOT / "man" / "lockrun.1").read_text()
 README = (ROOT / "README.md").read_text()
 
 
-def _help() -> str:
-    return subprocess.run([str(LOCKRUN), "--help"], capture_output=True, text=True,
+VERBS = ("status", "history", "unlock", "doctor")
+
+
+def _help(*verb: str) -> str:
+    return subprocess.run([str(LOCKRUN), *verb, "--help"], capture_output=True, text=True,
                           check=True).stdout
 
 
+def _all_help() -> str:
+    return "\n".join([_help(), *(_help(v) for v in VERBS)])
+
+
+def test_every_verb_is_in_the_man_page() -> None:
+    for verb in VERBS:
+        assert re.search(rf"^\.B(R)? lockrun {verb}\b|^\.SS .*{verb}", MAN, re.M), verb
+
+
 def test_every_option_in_help_is_in_the_man_page() -> None:
-    options = set(re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", _help()))
-    assert {"--key", "--ttl", "-E", "--on-lost", "--help"} <= options
+    options = set(re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", _all_help()))
+    assert {"--key", "--ttl", "-E", "--on-lost", "--help", "--limit", "--yes"} <= options
     roff = MAN.replace("\\-", "-")
     missing = sorted(o for o in options if not re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])",
                                                          roff))
@@ -30,7 +42,7 @@ def test_every_option_in_help_is_in_the_man_page() -> None:
 
 
 def test_every_environment_variable_in_help_is_in_the_man_page() -> None:
-    variables = set(re.findall(r"LOCKRUN_[A-Z_]+", _help()))
+    variables = set(re.findall(r"LOCKRUN_[A-Z_]+", _all_help()))
     assert "LOCKRUN_TTL" in variables
     documented = set(re.findall(r"LOCKRUN_[A-Z_]+", MAN.replace("\\", "")))
     assert variables - documented == set()

@@ -82,6 +82,7 @@ def test_exec_failure_after_acquire_is_recorded(redis_server: RedisServer, key: 
     assert r.returncode == 126
     record = redis_server.client().hgetall(f"lockrun:{{{key}}}:fire:f1")
     assert record["state"] == "done" and record["outcome"] == "exec-failed"
+    assert record["exit"] == "126"  # a plain number, not the enum's repr
 
 
 def test_timeout_gives_124(redis_server: RedisServer, key: str) -> None:

@@ -7,11 +7,13 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from conftest import RedisServer, history, run_lockrun, start_lockrun, wait_for
 
 FIRES = int(os.environ.get("LOCKRUN_TEST_FIRES", "4"))
 
 
+@pytest.mark.timeout(900)  # 200+ processes: slow on a loaded 2-core machine, not stuck
 def test_50_contenders_run_each_fire_exactly_once(redis_server: RedisServer, key: str,
                                                   tmp_path: Path) -> None:
     log = tmp_path / "runs.log"

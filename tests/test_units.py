@@ -7,7 +7,6 @@ import signal
 
 import pytest
 
-from lockrun.config import Config
 from lockrun.durations import format_duration, parse_duration
 from lockrun.errors import UsageError
 from lockrun.exitcodes import ExitCode, from_wait_status
@@ -110,15 +109,3 @@ def test_wait_status_follows_the_shell_convention() -> None:
     if pid == 0:
         os.kill(os.getpid(), signal.SIGKILL)
     assert from_wait_status(os.waitpid(pid, 0)[1]) == 128 + signal.SIGKILL
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [({"command": ()}, "no command"), ({"ttl": 0.5}, "--ttl"), ({"retention": 60}, "--retention"),
-     ({"skip_exit_code": 256}, "--skip-exit-code"), ({"timeout": 0}, "--timeout")],
-)
-def test_config_rejects_unsafe_settings(change: dict[str, object], message: str) -> None:
-    settings: dict[str, object] = {"key": "k", "fire": "f", "command": ("true",)}
-    settings.update(change)
-    with pytest.raises(UsageError, match=message):
-        Config(**settings)  # type: ignore[arg-type]

@@ -1,0 +1,185 @@
+"""Admin verbs' data: status, history and unlock, read from the keys the wrapper writes.
+
+Everything here answers an operator's question ("who ran fire X, and how did
+it end?", "which fires ran nowhere?", "is the lock stuck?") from the per-fire
+records and the history stream; nothing here is on the cron hot path.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import asdict, dataclass, field
+from datetime import tzinfo
+from typing import Any
+
+from lockrun.protocol import HISTORY_MAXLEN, LockClient, job_keys
+
+# Removes a stuck claim and/or overlap guard and says so in the history, in one
+# step, so the record of who unlocked what can never be missing.
+UNLOCK_SCRIPT = """
+local removed = {}
+if ARGV[1] ~= '' then
+  local h = redis.call('HMGET', KEYS[1], 'owner', 'state')
+  if h[1] or h[2] then
+    redis.call('DEL', KEYS[1])
+    table.insert(removed,
+      'fire ' .. ARGV[1] .. ' (' .. (h[2] or '?') .. ', ' .. (h[1] or '-') .. ')')
+  end
+end
+local g = redis.call('HMGET', KEYS[2], 'owner', 'fire')
+if g[1] and (ARGV[1] == '' or g[2] == ARGV[1]) then
+  redis.call('DEL', KEYS[2])
+  table.insert(removed, 'overlap guard (fire ' .. (g[2] or '?') .. ', ' .. g[1] .. ')')
+end
+if #removed > 0 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', 'unlock',
+    'fire', ARGV[1], 'by', ARGV[2], 'removed', table.concat(removed, '; '))
+end
+return removed
+"""
+
+
+@dataclass
+class FireRun:
+    """One fire as the history tells it, newest first in listings."""
+
+    fire: str
+    outcome: str  # ran | running | crashed | lost | skipped-too-late | cancelled | ...
+    host: str = ""
+    owner: str = ""
+    fence: str = ""
+    start_ms: int | None = None
+    end_ms: int | None = None
+    exit: int | None = None
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.start_ms is None or self.end_ms is None:
+            return None
+        return (self.end_ms - self.start_ms) / 1000
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["duration_s"] = self.duration_s
+        return data
+
+
+@dataclass
+class KeyStatus:
+    key: str
+    running: list[FireRun] = field(default_factory=list)
+    guard: dict[str, str] = field(default_factory=dict)
+    last: FireRun | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "running": [r.to_json() for r in self.running],
+                "overlap_guard": self.guard or None,
+                "last": self.last.to_json() if self.last else None}
+
+
+class Admin:
+    def __init__(self, client: LockClient, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def _keys(self, key: str, fire: str = "") -> dict[str, str]:
+        return job_keys(key, fire, self.prefix)
+
+    def job_names(self) -> list[str]:
+        """Every job with a history, found with SCAN (never KEYS: it blocks Redis)."""
+        pattern = f"{self.prefix}:{{*}}:hist"
+        names = set()
+        for name in self.client.scan(pattern):
+            inner = name[len(self.prefix) + 2:]
+            names.add(inner[: inner.rindex("}:hist")])
+        return sorted(names)
+
+    def history(self, key: str, limit: int) -> list[FireRun]:
+        """Fold start/end/lost/skip events into one row per (fire, owner), newest first."""
+        events = self.client.xrevrange(self._keys(key)["hist"], max(limit * 4, 50))
+        runs: dict[tuple[str, str], FireRun] = {}
+        order: list[tuple[str, str]] = []
+        for stream_id, fields in reversed(events):  # oldest first
+            at_ms = int(stream_id.split("-", 1)[0])
+            fire, owner = fields.get("fire", ""), fields.get("owner", "")
+            event = fields.get("event")
+            ident = (fire, owner)
+            if event == "unlock":
+                continue
+            if ident not in runs:
+                runs[ident] = FireRun(fire, "", fields.get("host", ""), owner)
+                order.append(ident)
+            run = runs[ident]
+            if event == "start":
+                run.start_ms, run.fence, run.outcome = at_ms, fields.get("fence", ""), "started"
+            elif event == "end":
+                run.end_ms = at_ms
+                run.exit = int(fields["exit"]) if fields.get("exit", "").lstrip("-").isdigit() \
+                    else None
+                outcome = fields.get("outcome", "exited")
+                run.outcome = "ran" if outcome == "exited" else outcome
+            elif event == "lost" and run.end_ms is None:
+                run.outcome = "lost"
+            elif event == "skip":
+                run.outcome = f"skipped-{fields.get('reason', 'skip')}"
+                run.end_ms = at_ms
+        rows = [runs[i] for i in reversed(order)][:limit]
+        for row in rows:
+            if row.outcome in ("started", "lost") and row.end_ms is None:
+                row.outcome = self._open_outcome(key, row)
+        return rows
+
+    def with_expected(self, rows: list[FireRun], expr: str, zone: tzinfo, now: float,
+                      limit: int, grace: float) -> list[FireRun]:
+        """Add the scheduled fires that left no trace at all: they ran nowhere.
+
+        A fire every server skipped as too late is in the history already; one
+        that no server even tried (the whole fleet down past the grace) is not,
+        so it can only be found by comparing with the schedule.
+        """
+        from lockrun.schedule import current_slot
+
+        seen = {row.fire for row in rows}
+        expected: list[FireRun] = []
+        t = now
+        for _ in range(limit):
+            slot = current_slot(expr, zone, t)
+            if slot.fire_id not in seen:
+                late = now - slot.fire > grace
+                expected.append(FireRun(slot.fire_id, "ran-nowhere" if late else "pending"))
+            t = slot.fire - 1
+        merged = rows + expected
+        merged.sort(key=lambda r: r.fire, reverse=True)  # ISO ids: text order is time order
+        return merged[:limit]
+
+    def _open_outcome(self, key: str, row: FireRun) -> str:
+        """A start without an end is either still running or a crash (its claim is gone)."""
+        record = self.client.hgetall(self._keys(key, row.fire)["fire"])
+        if record.get("owner") == row.owner and record.get("state") == "running":
+            return "running" if row.outcome == "started" else "lost"
+        return "crashed" if row.outcome == "started" else "lost"
+
+    def status(self, key: str) -> KeyStatus:
+        status = KeyStatus(key, guard=self.client.hgetall(self._keys(key)["running"]))
+        for row in self.history(key, 20):
+            if row.outcome == "running":
+                status.running.append(row)
+            elif status.last is None and row.outcome != "running":
+                status.last = row
+        return status
+
+    def unlock(self, key: str, fire: str = "") -> list[str]:
+        k = self._keys(key, fire or "-")
+        removed = self.client.call(UNLOCK_SCRIPT, [k["fire"], k["running"], k["hist"]],
+                                   [fire, f"{_whoami()}@{socket.gethostname()}",
+                                    HISTORY_MAXLEN])
+        return [str(r) for r in removed]
+
+
+def _whoami() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

@@ -1,0 +1,171 @@
+"""The admin verbs' command line: status, history, unlock, doctor.
+
+Parsing and rendering only; the answers come from lockrun.admin and
+lockrun.doctor. Every verb has --json for scripts and a table for people.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import click
+
+from lockrun.errors import UsageError
+from lockrun.options import duration, env, name, password
+
+
+def _connection_options(f: Any) -> Any:
+    for decorator in reversed([
+        click.option("--redis-url", metavar="URL", default="redis://localhost:6379/0",
+                     **env("REDIS_URL"), help="Redis URL.  [default: redis://localhost:6379/0]"),
+        click.option("--redis-timeout", default="2s", **env("REDIS_TIMEOUT"),
+                     **duration(positive=True, maximum=60.0),
+                     help="Connect and reply timeout.  [default: 2s]"),
+        click.option("--key-prefix", callback=name, metavar="NAME", default="lockrun",
+                     **env("KEY_PREFIX"), help="Key prefix.  [default: lockrun]"),
+        click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts."),
+    ]):
+        f = decorator(f)
+    return f
+
+
+def _admin(options: dict[str, Any]) -> Any:
+    from lockrun.admin import Admin
+    from lockrun.protocol import LockClient
+
+    client = LockClient(options["redis_url"], options["redis_timeout"], 75,
+                        password(click.get_current_context().obj))
+    return Admin(client, options["key_prefix"])
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    for line in [headers, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def admin() -> None:
+    """Inspect and repair lockrun's state in Redis."""
+
+
+@admin.command()
+@click.argument("key", required=False)
+@_connection_options
+def status(key: str | None, as_json: bool, **options: Any) -> None:
+    """What runs now and how the last fire ended, for KEY or for every job."""
+    from lockrun.fire import validate_name
+
+    adm = _admin(options)
+    names = [validate_name(key, "key")] if key else adm.job_names()
+    states = [adm.status(name) for name in names]
+    if as_json:
+        click.echo(json.dumps([s.to_json() for s in states], indent=2))
+        return
+    rows = []
+    for s in states:
+        running = ", ".join(f"{r.fire} on {r.host} since {_when(r.start_ms)} (fence {r.fence})"
+                            for r in s.running) or "-"
+        last = s.last
+        rows.append([s.key, running, last.fire if last else "-", last.outcome if last else "-",
+                     str(last.exit) if last and last.exit is not None else "-",
+                     _seconds(last.duration_s) if last else "-", last.host if last else "-"])
+    _table(["KEY", "RUNNING", "LAST FIRE", "OUTCOME", "EXIT", "DURATION", "HOST"], rows)
+
+
+@admin.command()
+@click.argument("key")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True,
+              help="How many fires to show.")
+@click.option("--schedule", metavar="EXPR", help="The job's schedule: also list scheduled "
+                                                "fires that left no trace (ran-nowhere).")
+@click.option("--tz", metavar="ZONE", help="Time zone of --schedule.  [default: $CRON_TZ, "
+                                          "$TZ, else the system's]")
+@click.option("--grace", default="60s", **duration(positive=True),
+              help="With --schedule: a missing fire younger than this is 'pending', not "
+                   "'ran-nowhere'.  [default: 60s]")
+@_connection_options
+def history(key: str, limit: int, schedule: str | None, tz: str | None, grace: float,
+            as_json: bool, **options: Any) -> None:
+    """Recent fires of KEY: who ran each, when, and how it ended."""
+    from lockrun.fire import validate_name
+
+    adm = _admin(options)
+    rows = adm.history(validate_name(key, "key"), limit)
+    if schedule is not None:
+        from lockrun.schedule import normalise, zone_from
+
+        rows = adm.with_expected(rows, normalise(schedule), zone_from(tz), time.time(), limit,
+                                 grace)
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in rows], indent=2))
+        return
+    _table(["FIRE", "HOST", "START", "END", "DURATION", "OUTCOME", "EXIT"],
+           [[r.fire, r.host or "-", _when(r.start_ms), _when(r.end_ms), _seconds(r.duration_s),
+             r.outcome, "-" if r.exit is None else str(r.exit)] for r in rows])
+
+
+@admin.command()
+@click.argument("key")
+@click.option("--fire", metavar="ID", help="Also remove this fire's claim or done record, so "
+                                          "it can run again.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@_connection_options
+def unlock(key: str, fire: str | None, yes: bool, as_json: bool, **options: Any) -> None:
+    """Force-release KEY's overlap guard (and with --fire, that fire's claim)."""
+    from lockrun.fire import validate_name
+
+    validate_name(key, "key")
+    if fire is not None:
+        validate_name(fire, "fire id")
+    what = f"the overlap guard of {key}" + (f" and the claim of fire {fire}" if fire else "")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"refusing to remove {what} without --yes (no terminal to confirm)")
+        if not click.confirm(f"Remove {what}? A job still running there keeps running",
+                             err=True):
+            click.echo("not unlocked", err=True)
+            sys.exit(1)
+    removed = _admin(options).unlock(key, fire or "")
+    if as_json:
+        click.echo(json.dumps({"key": key, "fire": fire, "removed": removed}))
+    elif removed:
+        for item in removed:
+            click.echo(f"removed {item}")
+    else:
+        click.echo(f"nothing to unlock for {key}" + (f" fire {fire}" if fire else ""))
+    if not removed:
+        sys.exit(1)
+
+
+@admin.command()
+@click.option("--max-skew", default="2s", **env("MAX_SKEW"), **duration(),
+              help="Fail the clock check beyond this.  [default: 2s]")
+@_connection_options
+def doctor(max_skew: float, as_json: bool, **options: Any) -> None:
+    """Check that this Redis is safe for lockrun; exit 1 if any check fails."""
+    from lockrun.doctor import FAIL, run_checks
+
+    adm = _admin(options)
+    checks = run_checks(adm.client, options["key_prefix"], max_skew)
+    if as_json:
+        click.echo(json.dumps([c.__dict__ for c in checks], indent=2))
+    else:
+        for c in checks:
+            click.echo(f"{c.status:<4}  {c.name}: {c.detail}")
+    if any(c.status == FAIL for c in checks):
+        sys.exit(1)

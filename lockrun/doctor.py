@@ -1,0 +1,135 @@
+"""``lockrun doctor``: is this Redis safe to hold a fleet's locks?
+
+Each check names one way locks silently stop working (eviction, a replica,
+missing permissions, a skewed clock, no persistence) and says what to change.
+The permission check runs the real scripts on a scratch key, because only
+the server knows what the configured user may do.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lockrun.errors import RedisUnavailable
+from lockrun.protocol import Lease, LockClient, job_keys, new_owner
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+MIN_VERSION = (6, 2)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    detail: str
+
+
+def _info(client: LockClient, section: str) -> dict[str, str]:
+    text = client.command("INFO", section)
+    if isinstance(text, dict):  # redis-py may already have parsed it
+        return {str(k): str(v) for k, v in text.items()}
+    return dict(line.split(":", 1) for line in str(text).splitlines() if ":" in line)
+
+
+def run_checks(client: LockClient, prefix: str, max_skew: float) -> list[Check]:
+    checks: list[Check] = []
+    try:
+        start = time.monotonic()
+        client.command("PING")
+        checks.append(Check("connection", OK, f"PING answered in "
+                                              f"{(time.monotonic() - start) * 1000:.1f} ms"))
+    except RedisUnavailable as exc:
+        text = str(exc).lower()
+        failed = "auth" if any(w in text for w in ("auth", "password", "wrongpass")) \
+            else "connection"
+        return [Check(failed, FAIL, str(exc))]
+    plain: list[tuple[str, Callable[[LockClient], Check]]] = [
+        ("version", _version), ("role", _role), ("eviction", _eviction),
+        ("persistence", _persistence)]
+    for name, check in plain:
+        checks.append(_guarded(name, check, client))
+    checks.append(_guarded("clock", lambda c: _clock(c, max_skew), client))
+    checks.append(_guarded("scripts and permissions", lambda c: _scripts(c, prefix), client))
+    return checks
+
+
+def _guarded(name: str, check: Callable[[LockClient], Check], client: LockClient) -> Check:
+    try:
+        return check(client)
+    except RedisUnavailable as exc:
+        return Check(name, FAIL, str(exc))
+
+
+def _version(client: LockClient) -> Check:
+    version = _info(client, "server").get("redis_version", "?")
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if parts >= MIN_VERSION:
+        return Check("version", OK, f"Redis {version}")
+    return Check("version", FAIL, f"Redis {version}: lockrun needs 6.2 or later")
+
+
+def _role(client: LockClient) -> Check:
+    role = _info(client, "replication").get("role", "?")
+    if role == "master":
+        return Check("role", OK, "primary")
+    return Check("role", FAIL, f"{role}: point --redis-url at the primary; a replica refuses "
+                               "the scripts' writes")
+
+
+def _eviction(client: LockClient) -> Check:
+    memory = _info(client, "memory")
+    policy = memory.get("maxmemory_policy", "?")
+    limit = int(memory.get("maxmemory", "0") or 0)
+    if policy == "noeviction":
+        return Check("eviction", OK, "maxmemory-policy noeviction")
+    if limit == 0:
+        return Check("eviction", WARN, f"maxmemory-policy {policy} evicts nothing while "
+                                       "maxmemory is 0, but would evict lock keys once a limit "
+                                       "is set: use noeviction")
+    return Check("eviction", FAIL, f"maxmemory-policy {policy} with maxmemory {limit}: "
+                                   "lock keys can be evicted and a fire run twice; use "
+                                   "noeviction or a dedicated instance")
+
+
+def _persistence(client: LockClient) -> Check:
+    info = _info(client, "persistence")
+    if info.get("aof_enabled") == "1":
+        return Check("persistence", OK, "appendonly yes")
+    rdb = info.get("rdb_last_bgsave_status", "?")
+    return Check("persistence", WARN, "appendonly no: a restart loses running claims and done "
+                                      f"records (last RDB save: {rdb}); consider appendonly yes")
+
+
+def _clock(client: LockClient, max_skew: float) -> Check:
+    before = time.time()
+    seconds, micros = client.command("TIME")
+    local = (before + time.time()) / 2
+    skew = local - (int(seconds) + int(micros) / 1e6)
+    text = f"local clock {abs(skew):.3f}s {'ahead of' if skew > 0 else 'behind'} Redis"
+    if max_skew > 0 and abs(skew) > max_skew:
+        return Check("clock", FAIL, f"{text} (more than {max_skew:g}s): fix NTP on this server")
+    return Check("clock", OK, text)
+
+
+def _scripts(client: LockClient, prefix: str) -> Check:
+    """Acquire, renew and release a scratch fire as lockrun does, then remove it."""
+    import socket
+
+    scratch, fire = f"lockrun-doctor-{secrets.token_hex(4)}", "doctor"
+    lease = Lease(client, scratch, fire, 10_000, True, new_owner(), socket.gethostname(), prefix)
+    try:
+        if not lease.acquire().won:
+            return Check("scripts and permissions", FAIL, "could not claim a scratch fire")
+        if not lease.renew().ok or not lease.release(120_000, 0, "doctor"):
+            return Check("scripts and permissions", FAIL, "the scratch claim was lost")
+    finally:
+        keys = job_keys(scratch, fire, prefix)
+        try:
+            client.command("DEL", keys["fire"], keys["hist"], keys["fence"], keys["running"])
+        except RedisUnavailable:
+            pass  # a user without DEL outside scripts still passes; the keys expire or stay tiny
+    return Check("scripts and permissions", OK, "acquire, renew and release ran (EVALSHA, "
+                                                "TIME, HSET, PEXPIRE, XADD, DEL...)")

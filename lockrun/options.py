@@ -1,0 +1,80 @@
+"""Option helpers shared by the wrapper and the admin verbs."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+
+from lockrun.configfile import FileSettings
+from lockrun.errors import UsageError
+
+
+def duration(minimum: float = 0.0, maximum: float | None = None, positive: bool = False,
+              why: str = "") -> dict[str, Any]:
+    """A DURATION option whose range is checked where the value's source is still known."""
+
+    def convert(ctx: click.Context, param: click.Parameter, value: Any) -> float | None:
+        if value is None:
+            return None
+        from lockrun.durations import format_duration, parse_duration
+
+        try:
+            seconds = parse_duration(str(value))
+        except UsageError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+        if positive and seconds <= 0:
+            raise click.BadParameter("must be greater than 0", ctx, param)
+        if seconds < minimum:
+            raise click.BadParameter(f"must be at least {format_duration(minimum)}{why}", ctx,
+                                     param)
+        if maximum is not None and seconds > maximum:
+            raise click.BadParameter(f"must be at most {format_duration(maximum)}", ctx, param)
+        return seconds
+
+    return {"callback": convert, "metavar": "DURATION"}
+
+
+def name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A key or fire id: the characters that are safe inside a Redis key name."""
+    if value is None:
+        return None
+    from lockrun.fire import validate_name
+
+    try:
+        return validate_name(value, "value")
+    except UsageError as exc:
+        raise click.BadParameter(str(exc).removeprefix("invalid value "), ctx, param) from None
+
+
+def env(name: str) -> dict[str, Any]:
+    return {"envvar": f"LOCKRUN_{name}", "show_envvar": True}
+
+
+def password(settings: FileSettings | None) -> str | None:
+    """From the environment or the file, never from argv where ps(1) shows it to everyone."""
+    from_env = os.environ.get("LOCKRUN_REDIS_PASSWORD")
+    if from_env:
+        return from_env
+    value = settings.values.get("redis_password") if settings else None
+    return str(value) if value is not None else None
+
+
+def http_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value.startswith(("http://", "https://")):
+        raise click.BadParameter("must be an http:// or https:// URL", ctx, param)
+    return value
+
+
+def writable_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Checked up front: a metrics file that silently never appears helps no one."""
+    if value is None:
+        return None
+    if not os.path.isdir(value):
+        raise click.BadParameter(f"{value}: no such directory", ctx, param)
+    if not os.access(value, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"{value}: not writable", ctx, param)
+    return value

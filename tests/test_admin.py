@@ -1,0 +1,150 @@
+"""status, history, unlock, doctor: the operator's questions, answered from real Redis."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+from conftest import RedisServer, faketime_env, history, run_lockrun, start_lockrun, wait_for
+
+
+def admin(server: RedisServer, *args: str) -> Any:
+    r = run_lockrun(*args, "--json", url=server.url)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_history_answers_who_ran_each_fire_and_how(redis_server: RedisServer, key: str,
+                                                   tmp_path: Path) -> None:
+    run_lockrun("-k", key, "--fire", "f1", "--", "sh", "-c", "exit 3", url=redis_server.url)
+    run_lockrun("-k", key, "--fire", "f1", "--", "true", url=redis_server.url)  # skipped
+    run_lockrun("-k", key, "--fire", "f2", "--timeout", "0.2s", "--", "sleep", "30",
+                url=redis_server.url)
+    started = tmp_path / "started"
+    crashed = start_lockrun("-k", key, "--fire", "f3", "--ttl", "1s", "--", "sh", "-c",
+                            f"touch {started}; sleep 60", url=redis_server.url)
+    wait_for(started.exists, 30, "f3 to start")
+    crashed.send_signal(signal.SIGKILL)
+    crashed.wait(30)
+    wait_for(lambda: not redis_server.client().exists(f"lockrun:{{{key}}}:fire:f3"), 10,
+             "the crashed claim to expire")
+    run_lockrun("-k", key, "--schedule", "0 3 * * *", "--tz", "UTC", "--max-skew", "0", "--",
+                "true", url=redis_server.url,
+                env=faketime_env(redis_server.url, "@2026-11-22 04:00:00"))
+    rows = admin(redis_server, "history", key)
+    by_fire = {r["fire"]: r for r in rows}
+    assert by_fire["f1"]["outcome"] == "ran" and by_fire["f1"]["exit"] == 3
+    assert by_fire["f1"]["duration_s"] is not None and by_fire["f1"]["host"]
+    assert by_fire["f2"]["outcome"] == "timeout" and by_fire["f2"]["exit"] == 124
+    assert by_fire["f3"]["outcome"] == "crashed" and by_fire["f3"]["end_ms"] is None
+    assert by_fire["2026-11-22T03:00:00Z"]["outcome"] == "skipped-too-late"
+    assert [r["fire"] for r in rows] == ["2026-11-22T03:00:00Z", "f3", "f2", "f1"]
+    assert len(admin(redis_server, "history", key, "--limit", "2")) == 2
+    table = run_lockrun("history", key, url=redis_server.url).stdout.splitlines()
+    assert table[0].split() == ["FIRE", "HOST", "START", "END", "DURATION", "OUTCOME", "EXIT"]
+    assert len(table) == 5
+
+
+def test_status_shows_what_runs_now_and_the_last_outcome(redis_server: RedisServer, key: str,
+                                                         tmp_path: Path) -> None:
+    run_lockrun("-k", key, "--fire", "f1", "--", "sh", "-c", "exit 5", url=redis_server.url)
+    started, release = tmp_path / "started", tmp_path / "release"
+    proc = start_lockrun("-k", key, "--fire", "f2", "--", "sh", "-c",
+                         f"touch {started}; while [ ! -e {release} ]; do sleep 0.05; done",
+                         url=redis_server.url)
+    wait_for(started.exists, 30, "f2 to start")
+    [state] = admin(redis_server, "status", key)
+    assert [r["fire"] for r in state["running"]] == ["f2"]
+    assert state["overlap_guard"]["fire"] == "f2"
+    assert state["last"]["fire"] == "f1" and state["last"]["exit"] == 5
+    everyone = admin(redis_server, "status")
+    assert key in {s["key"] for s in everyone}
+    release.touch()
+    assert proc.wait(30) == 0
+    [state] = admin(redis_server, "status", key)
+    assert state["running"] == [] and state["last"]["fire"] == "f2"
+
+
+def test_unlock_clears_a_stuck_guard_and_records_it(redis_server: RedisServer, key: str) -> None:
+    c = redis_server.client()
+    c.hset(f"lockrun:{{{key}}}:running", mapping={"owner": "dead@gone:1", "fire": "f1"})
+    c.hset(f"lockrun:{{{key}}}:fire:f1", mapping={"owner": "dead@gone:1", "state": "running"})
+    blocked = run_lockrun("-k", key, "--fire", "f2", "-E", "3", "--", "true",
+                          url=redis_server.url)
+    assert blocked.returncode == 3
+    refused = run_lockrun("unlock", key, url=redis_server.url)
+    assert refused.returncode == 64 and "--yes" in refused.stderr
+    assert c.exists(f"lockrun:{{{key}}}:running")
+    r = run_lockrun("unlock", key, "--fire", "f1", "--yes", url=redis_server.url)
+    assert r.returncode == 0 and "removed fire f1" in r.stdout and "overlap guard" in r.stdout
+    assert not c.exists(f"lockrun:{{{key}}}:running", f"lockrun:{{{key}}}:fire:f1")
+    assert history(redis_server, key)[-1]["event"] == "unlock"
+    assert run_lockrun("-k", key, "--fire", "f2", "--", "sh", "-c", "exit 4",
+                       url=redis_server.url).returncode == 4
+    again = run_lockrun("unlock", key, "--yes", url=redis_server.url)
+    assert again.returncode == 1 and "nothing to unlock" in again.stdout
+
+
+def test_doctor_passes_on_a_safe_redis(own_redis: RedisServer) -> None:
+    own_redis.client().config_set("appendonly", "yes")
+    r = run_lockrun("doctor", url=own_redis.url)
+    assert r.returncode == 0, r.stdout
+    assert {line.split()[0] for line in r.stdout.splitlines()} == {"ok"}
+    assert own_redis.client().keys("lockrun:{lockrun-doctor}*") == []
+
+
+def test_doctor_catches_eviction_and_a_skewed_clock(own_redis: RedisServer) -> None:
+    own_redis.client().config_set("maxmemory", "100mb")
+    own_redis.client().config_set("maxmemory-policy", "allkeys-lru")
+    r = run_lockrun("doctor", "--json", url=own_redis.url,
+                    env=faketime_env(own_redis.url, "+30s"))
+    assert r.returncode == 1
+    checks = {c["name"]: c for c in json.loads(r.stdout)}
+    assert checks["eviction"]["status"] == "fail" and "allkeys-lru" in checks["eviction"]["detail"]
+    assert checks["clock"]["status"] == "fail" and "ahead" in checks["clock"]["detail"]
+    assert checks["persistence"]["status"] == "warn"
+    assert checks["scripts and permissions"]["status"] == "ok"
+
+
+def test_doctor_names_a_missing_permission(own_redis: RedisServer) -> None:
+    own_redis.client().acl_setuser("cron", enabled=True, passwords=["+pw"], keys=["lockrun:*"],
+                                   commands=["+@all", "-xadd"])
+    url = f"unix://cron:pw@{own_redis.socket}"
+    r = run_lockrun("doctor", url=url)
+    assert r.returncode == 1
+    line = next(x for x in r.stdout.splitlines() if "scripts" in x)
+    assert line.startswith("fail") and "xadd" in line.lower()
+    assert "pw@" not in r.stdout
+
+
+def test_doctor_names_a_wrong_password(own_redis: RedisServer) -> None:
+    own_redis.client().config_set("requirepass", "right")
+    r = run_lockrun("doctor", url=f"unix://:wrong@{own_redis.socket}")
+    assert r.returncode == 1
+    assert r.stdout.startswith("fail  auth:") and ":wrong@" not in r.stdout and ":***@" in r.stdout
+
+
+def test_doctor_reports_an_unreachable_redis() -> None:
+    r = run_lockrun("doctor", url="redis://127.0.0.1:1/0")
+    assert r.returncode == 1
+    assert r.stdout.startswith("fail  connection:")
+
+
+def test_history_with_schedule_lists_fires_that_ran_nowhere(redis_server: RedisServer,
+                                                            key: str) -> None:
+    """No server ticked for some fires at all: only the schedule can reveal them."""
+    ran = run_lockrun("-k", key, "--schedule", "* * * * *", "--tz", "UTC", "--", "sh", "-c",
+                      'echo "$LOCKRUN_FIRE"', url=redis_server.url)
+    fire = ran.stdout.strip()
+    rows = admin(redis_server, "history", key, "--schedule", "* * * * *", "--tz", "UTC",
+                 "--limit", "4")
+    assert len(rows) == 4
+    outcomes = {r["fire"]: r["outcome"] for r in rows}
+    assert outcomes[fire] == "ran"
+    older = [o for f, o in outcomes.items() if f < fire]
+    newer = [o for f, o in outcomes.items() if f > fire]  # the minute turned meanwhile
+    assert older and set(older) == {"ran-nowhere"}
+    assert set(newer) <= {"pending"}
+    assert [r["fire"] for r in rows] == sorted(outcomes, reverse=True)
