@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from lockrun.errors import UsageError
-from lockrun.options import duration, env, name, password
+from lockrun.options import duration, env, name, password, tls_files, tls_options
 
 
 def _connection_options(f: Any) -> Any:
@@ -26,6 +26,7 @@ def _connection_options(f: Any) -> Any:
                      help="Connect and reply timeout.  [default: 2s]"),
         click.option("--key-prefix", callback=name, metavar="NAME", default="lockrun",
                      **env("KEY_PREFIX"), help="Key prefix.  [default: lockrun]"),
+        *tls_options(),
         click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts."),
     ]):
         f = decorator(f)
@@ -37,7 +38,7 @@ def _admin(options: dict[str, Any]) -> Any:
     from lockrun.protocol import LockClient
 
     client = LockClient(options["redis_url"], options["redis_timeout"], 75,
-                        password(click.get_current_context().obj))
+                        password(click.get_current_context().obj), tls_files(options))
     return Admin(client, options["key_prefix"])
 
 

@@ -13,7 +13,17 @@ from lockrun.configfile import EXTRA_SETTINGS, FileSettings
 from lockrun.configfile import load as load_settings
 from lockrun.errors import LockrunError, UsageError
 from lockrun.exitcodes import ExitCode
-from lockrun.options import duration, env, http_url, name, password, writable_dir
+from lockrun.options import (
+    apply,
+    duration,
+    env,
+    http_url,
+    name,
+    password,
+    tls_files,
+    tls_options,
+    writable_dir,
+)
 from lockrun.output import Reporter, Verbosity
 
 DURATION = duration()
@@ -37,6 +47,7 @@ CONTEXT = {
 @click.option("--redis-timeout", **duration(positive=True, maximum=60.0), default="2s",
               **env("REDIS_TIMEOUT"),
               help="Connect and reply timeout of every Redis call.  [default: 2s]")
+@apply(tls_options())
 @click.option("--key-prefix", callback=name, metavar="NAME", default="lockrun",
               **env("KEY_PREFIX"),
               help="First part of every Redis key lockrun writes.  [default: lockrun]")
@@ -78,6 +89,15 @@ CONTEXT = {
               help="Exit status when Redis cannot be used.  [default: 75]")
 @click.option("--jitter", **DURATION, default="0", **env("JITTER"),
               help="Random delay before acquiring; the fire id is fixed first.  [default: 0]")
+@click.option("--wait-replicas", type=click.IntRange(0, 64), default=0, metavar="N",
+              **env("WAIT_REPLICAS"),
+              help="After claiming, wait until N replicas have the claim (Redis WAIT); warn "
+                   "if fewer do.  [default: 0]")
+@click.option("--wait-timeout", default="1s", **env("WAIT_TIMEOUT"), **duration(positive=True),
+              help="How long --wait-replicas waits.  [default: 1s]")
+@click.option("--strict-replicas", is_flag=True, **env("STRICT_REPLICAS"),
+              help="With --wait-replicas: give the claim back and exit 75 if too few "
+                   "replicas acknowledge it.")
 @click.option("--ping-url", metavar="URL", callback=http_url, **env("PING_URL"),
               help="Healthchecks-style pings from the server that runs the fire: URL/start, "
                    "then URL on success or URL/<exit code> on failure.")
@@ -155,6 +175,10 @@ def wrapper(**options: Any) -> int:
         max_skew=options["max_skew"],
         ping_url=options["ping_url"],
         metrics_dir=options["metrics_dir"],
+        tls=tls_files(options),
+        wait_replicas=options["wait_replicas"],
+        wait_timeout=options["wait_timeout"],
+        strict_replicas=options["strict_replicas"],
     )
     out = Reporter(verbosity, json_lines=options["log_format"] == "json", syslog=options["syslog"])
     out.context = {"key": cfg.key, "fire": cfg.fire}

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from lockrun.output import Verbosity
 from lockrun.schedule import Slot, hold_until_next
+
+if TYPE_CHECKING:
+    from lockrun.protocol import TlsFiles
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
@@ -36,6 +40,10 @@ class Config:
     max_skew: float = 2.0
     ping_url: str | None = None
     metrics_dir: str | None = None
+    tls: TlsFiles | None = None
+    wait_replicas: int = 0
+    wait_timeout: float = 1.0
+    strict_replicas: bool = False
 
     @property
     def ttl_ms(self) -> int:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -78,3 +79,52 @@ def writable_dir(ctx: click.Context, param: click.Parameter, value: str | None) 
     if not os.access(value, os.W_OK | os.X_OK):
         raise click.BadParameter(f"{value}: not writable", ctx, param)
     return value
+
+
+def readable_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not os.path.isfile(value) or not os.access(value, os.R_OK):
+        raise click.BadParameter(f"{value}: not a readable file", ctx, param)
+    return value
+
+
+def tls_files(options: dict[str, Any]) -> Any:
+    """TlsFiles from --redis-ca/--redis-cert/--redis-key, checked against the URL's scheme."""
+    ca, cert, key = options["redis_ca"], options["redis_cert"], options["redis_key"]
+    if not (ca or cert or key):
+        return None
+    if not str(options["redis_url"]).startswith("rediss://"):
+        raise UsageError("--redis-ca, --redis-cert and --redis-key need a rediss:// URL")
+    if bool(cert) != bool(key):
+        raise UsageError("--redis-cert and --redis-key go together")
+    from lockrun.protocol import TlsFiles
+
+    return TlsFiles(ca, cert, key)
+
+
+def tls_options() -> list[Any]:
+    """The three TLS options, shared by the wrapper and the admin verbs."""
+    return [
+        click.option("--redis-ca", metavar="FILE", callback=readable_file, **env("REDIS_CA"),
+                     help="CA certificate(s) that sign the Redis server's certificate "
+                          "(rediss://); verification is always on."),
+        click.option("--redis-cert", metavar="FILE", callback=readable_file,
+                     **env("REDIS_CERT"), help="Client certificate for TLS client auth."),
+        click.option("--redis-key", metavar="FILE", callback=readable_file, **env("REDIS_KEY"),
+                     help="Private key of --redis-cert."),
+    ]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def apply(decorators: list[Any]) -> Callable[[F], F]:
+    """Apply a list of click option decorators in the order they are listed."""
+
+    def wrap(f: F) -> F:
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return wrap

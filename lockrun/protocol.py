@@ -150,6 +150,23 @@ return {'lost', now_ms}
 """
 
 
+# Gives back a claim this server must not act on (too few replicas have it):
+# the fire is left unclaimed, not done, so a later tick may still run it.
+ABANDON_SCRIPT = """
+local released = 0
+if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  released = 1
+end
+if ARGV[3] == '1' and redis.call('HGET', KEYS[2], 'owner') == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'event', 'abandon',
+  'fire', ARGV[4], 'owner', ARGV[1], 'host', ARGV[5], 'pid', ARGV[6], 'reason', ARGV[8])
+return {released}
+"""
+
+
 def job_keys(key: str, fire: str, prefix: str = "lockrun") -> dict[str, str]:
     """Names of every Redis key of one fire; ``{key}`` is the Cluster hash tag."""
     base = f"{prefix}:{{{key}}}"
@@ -205,6 +222,19 @@ def _sha(script: str) -> str:
     return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """rediss:// trust and client identity; certificate verification stays on."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    def redis_kwargs(self) -> dict[str, str]:
+        names = {"ca": "ssl_ca_certs", "cert": "ssl_certfile", "key": "ssl_keyfile"}
+        return {names[k]: v for k, v in vars(self).items() if v}
+
+
 class LockClient:
     """One Redis connection with bounded timeouts and no hidden retries.
 
@@ -214,7 +244,7 @@ class LockClient:
     """
 
     def __init__(self, url: str, timeout: float, error_exit_code: int,
-                 password: str | None = None) -> None:
+                 password: str | None = None, tls: TlsFiles | None = None) -> None:
         self.url = url
         self.error_exit_code = error_exit_code
         self._shas: dict[str, str] = {}
@@ -225,6 +255,7 @@ class LockClient:
                 socket_connect_timeout=timeout,
                 retry=Retry(NoBackoff(), 0),
                 **({"password": password} if password else {}),
+                **(tls.redis_kwargs() if tls else {}),
                 decode_responses=True,
                 protocol=2,  # RESP3 would cost a HELLO round trip on every connection
                 driver_info=None,  # no CLIENT SETINFO round trips either
@@ -366,6 +397,15 @@ class Lease:
         r = self.client.call_retrying(MISS_SCRIPT, [k["fire"], k["hist"]],
                                       self._args(retention_ms, late_ms))
         return bool(r[0] == 1)
+
+    def wait_replicas(self, replicas: int, timeout_ms: int) -> int:
+        """How many replicas acknowledged our claim (WAIT counts this connection's writes)."""
+        return int(self.client.command("WAIT", replicas, timeout_ms))
+
+    def abandon(self, reason: str) -> None:
+        k = self.keys
+        self.client.call_retrying(ABANDON_SCRIPT, [k["fire"], k["running"], k["hist"]],
+                                  self._args(0, reason))
 
     def release(self, retention_ms: int, exit_code: int, outcome: str) -> bool:
         """Record the end of the fire; False when the claim was no longer ours."""

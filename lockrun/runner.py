@@ -27,7 +27,7 @@ def run(cfg: Config, out: Reporter) -> int:
     env["LOCKRUN_FIRE"] = cfg.fire
     program = resolve_command(cfg.command, env)
     client = LockClient(cfg.redis_url, cfg.redis_timeout, cfg.error_exit_code,
-                        cfg.redis_password)
+                        cfg.redis_password, cfg.tls)
     if cfg.slot is not None and time.time() - cfg.slot.fire > cfg.grace:
         try:
             return _too_late(cfg, out, cfg.slot, client, hooks)
@@ -57,6 +57,9 @@ def run(cfg: Config, out: Reporter) -> int:
             hooks.skipped()
             return cfg.skip_exit_code
         out.info(f"acquired {cfg.key} fire {cfg.fire} (fence {acq.fence})")
+        if cfg.wait_replicas and not _replicated(cfg, out, lease):
+            hooks.redis_unusable()
+            return cfg.error_exit_code
         env["LOCKRUN_FENCE"] = str(acq.fence)
         env["LOCKRUN_OWNER"] = lease.owner
         if inbox.pending:  # told to stop before the job could start
@@ -88,6 +91,29 @@ def _too_late(cfg: Config, out: Reporter, slot: Slot, client: LockClient, hooks:
         return exc.exit_code if cfg.on_redis_error == "fail" else cfg.skip_exit_code
     hooks.skipped()
     return cfg.skip_exit_code
+
+
+def _replicated(cfg: Config, out: Reporter, lease: Lease) -> bool:
+    """--wait-replicas: a claim only the primary holds dies with it in a failover."""
+    try:
+        acked = lease.wait_replicas(cfg.wait_replicas, int(cfg.wait_timeout * 1000))
+    except RedisUnavailable as exc:
+        acked, detail = -1, str(exc)
+    else:
+        detail = f"{acked} of {cfg.wait_replicas} replicas acknowledged the claim of fire " \
+                 f"{cfg.fire} within {cfg.wait_timeout:g}s"
+    if acked >= cfg.wait_replicas:
+        out.info(detail)
+        return True
+    if not cfg.strict_replicas:
+        out.warning(f"{detail}; running {cfg.key} anyway (a failover now could lose the claim)")
+        return True
+    out.error(f"{detail}; not running {cfg.key} (--strict-replicas)")
+    try:
+        lease.abandon("too few replicas")
+    except RedisUnavailable:
+        pass  # the claim then expires after the ttl
+    return False
 
 
 def _check_clock(cfg: Config, out: Reporter, skew: float) -> None:

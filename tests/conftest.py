@@ -39,7 +39,7 @@ def free_port() -> int:
 class RedisServer:
     """A private redis-server: its own port, unix socket and directory."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra: list[str] | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed: run the README's test command")
@@ -48,6 +48,7 @@ class RedisServer:
         self.port = free_port()
         self.socket = str(self.dir / "redis.sock")
         self.binary = binary
+        self.extra = extra or []
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
@@ -56,7 +57,7 @@ class RedisServer:
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
              "--unixsocket", self.socket, "--unixsocketperm", "700",
              "--dir", str(self.dir), "--save", "", "--appendonly", "no",
-             "--logfile", str(self.dir / "redis.log")],
+             "--logfile", str(self.dir / "redis.log"), *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_for(self._ping, 10, "redis-server to answer")

@@ -20,6 +20,7 @@ apt_install() {
 
 command -v redis-server >/dev/null 2>&1 || apt_install redis-server
 ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || apt_install faketime
+command -v openssl >/dev/null 2>&1 || apt_install openssl
 
 python=${PYTHON:-python3}
 "$python" -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_install python3-venv
