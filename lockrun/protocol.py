@@ -222,6 +222,43 @@ def _sha(script: str) -> str:
     return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
 
 
+SENTINEL_SCHEME = "redis+sentinel://"
+_SENTINEL_URL = re.compile(
+    r"redis\+sentinel://(?:(?P<user>[^:@/]*)(?::(?P<password>[^@/]*))?@)?"
+    r"(?P<hosts>[^/@]+)/(?P<service>[^/]+)(?:/(?P<db>\d+))?/?")
+
+
+def _sentinel_primary(url: str, common: dict[str, Any], password: str | None) -> redis.Redis:
+    """A client whose every new connection asks the sentinels for the current primary.
+
+    The sentinels get the same bounded, retry-free settings as the primary, so
+    a dead sentinel costs one timeout, not a retry loop.
+    """
+    from urllib.parse import unquote
+
+    from redis.sentinel import Sentinel
+
+    match = _SENTINEL_URL.fullmatch(url)
+    if match is None:
+        raise ValueError("expected redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]"
+                         "/SERVICE[/DB]")
+    hosts = []
+    for item in match["hosts"].split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"sentinel address {item!r} is not HOST:PORT")
+        hosts.append((host, int(port)))
+    sentinel = Sentinel(hosts, sentinel_kwargs=dict(common), **common)  # type: ignore[no-untyped-call]
+    auth: dict[str, Any] = {}
+    if match["user"]:
+        auth["username"] = unquote(match["user"])
+    if match["password"] or password:
+        auth["password"] = unquote(match["password"]) if match["password"] else password
+    primary: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        match["service"], db=int(match["db"] or 0), decode_responses=True, **auth)
+    return primary
+
+
 @dataclass(frozen=True)
 class TlsFiles:
     """rediss:// trust and client identity; certificate verification stays on."""
@@ -248,21 +285,35 @@ class LockClient:
         self.url = url
         self.error_exit_code = error_exit_code
         self._shas: dict[str, str] = {}
+        common: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "protocol": 2,  # RESP3 would cost a HELLO round trip on every connection
+            "driver_info": None,  # no CLIENT SETINFO round trips either
+            "health_check_interval": 0,
+        }
+        self.follows_sentinel = url.startswith(SENTINEL_SCHEME)
         try:
-            self._redis: redis.Redis = redis.Redis.from_url(
-                url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0),
-                **({"password": password} if password else {}),
-                **(tls.redis_kwargs() if tls else {}),
-                decode_responses=True,
-                protocol=2,  # RESP3 would cost a HELLO round trip on every connection
-                driver_info=None,  # no CLIENT SETINFO round trips either
-                health_check_interval=0,
-            )
+            if self.follows_sentinel:
+                self._redis = _sentinel_primary(url, common, password)
+            else:
+                self._redis = redis.Redis.from_url(
+                    url, decode_responses=True, **common,
+                    **({"password": password} if password else {}),
+                    **(tls.redis_kwargs() if tls else {}))
         except ValueError as exc:
             raise UsageError(f"invalid --redis-url {redact(url)!r}: {exc}") from None
+
+    def follow_primary(self) -> None:
+        """With Sentinel, reconnect so the next call goes to the primary the sentinels name now.
+
+        After a failover the old primary accepts writes until it is demoted; a
+        live connection to it would renew a claim the new primary lets expire,
+        and write a done record that the demotion then wipes.
+        """
+        if self.follows_sentinel:
+            self._redis.connection_pool.disconnect()
 
     def close(self) -> None:
         try:
@@ -386,6 +437,7 @@ class Lease:
         return result
 
     def renew(self) -> Renewed:
+        self.client.follow_primary()
         k = self.keys
         r = self.client.call(RENEW_SCRIPT, [k["fire"], k["running"], k["hist"]],
                              self._args(self.ttl_ms))
@@ -409,6 +461,7 @@ class Lease:
 
     def release(self, retention_ms: int, exit_code: int, outcome: str) -> bool:
         """Record the end of the fire; False when the claim was no longer ours."""
+        self.client.follow_primary()
         k = self.keys
         r = self.client.call_retrying(RELEASE_SCRIPT, [k["fire"], k["running"], k["hist"]],
                                       self._args(retention_ms, int(exit_code), outcome))
