@@ -14,7 +14,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,6 +222,52 @@ def _sha(script: str) -> str:
     return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
 
 
+CLUSTER_SCHEME = "redis+cluster://"
+_CLUSTER_URL = re.compile(
+    r"redis\+cluster://(?:(?P<user>[^:@/]*)(?::(?P<password>[^@/]*))?@)?(?P<hosts>[^/@]+)/?")
+CLIENT_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
+
+
+def _hosts(text: str) -> list[tuple[str, int]]:
+    hosts = []
+    for item in text.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"address {item!r} is not HOST:PORT")
+        hosts.append((host, int(port)))
+    return hosts
+
+
+def _auth(user: str | None, url_password: str | None, password: str | None) -> dict[str, Any]:
+    from urllib.parse import unquote
+
+    auth: dict[str, Any] = {}
+    if user:
+        auth["username"] = unquote(user)
+    if url_password or password:
+        auth["password"] = unquote(url_password) if url_password else password
+    return auth
+
+
+def _cluster_nodes(url: str, password: str | None) -> tuple[list[tuple[str, int]],
+                                                            dict[str, Any]]:
+    match = _CLUSTER_URL.fullmatch(url)
+    if match is None:
+        raise ValueError("expected redis+cluster://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]")
+    return _hosts(match["hosts"]), _auth(match["user"], match["password"], password)
+
+
+def _cluster_client(nodes: list[tuple[str, int]], auth: dict[str, Any],
+                    common: dict[str, Any]) -> Any:
+    """A cluster client that routes each script by its keys (one slot per job)."""
+    from redis.cluster import ClusterNode, RedisCluster
+
+    startup = [ClusterNode(h, p) for h, p in nodes]  # type: ignore[no-untyped-call]
+    return RedisCluster(startup_nodes=startup,
+                        decode_responses=True, cluster_error_retry_attempts=0, **auth,
+                        **common)
+
+
 SENTINEL_SCHEME = "redis+sentinel://"
 _SENTINEL_URL = re.compile(
     r"redis\+sentinel://(?:(?P<user>[^:@/]*)(?::(?P<password>[^@/]*))?@)?"
@@ -234,26 +280,15 @@ def _sentinel_primary(url: str, common: dict[str, Any], password: str | None) ->
     The sentinels get the same bounded, retry-free settings as the primary, so
     a dead sentinel costs one timeout, not a retry loop.
     """
-    from urllib.parse import unquote
-
     from redis.sentinel import Sentinel
 
     match = _SENTINEL_URL.fullmatch(url)
     if match is None:
         raise ValueError("expected redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]"
                          "/SERVICE[/DB]")
-    hosts = []
-    for item in match["hosts"].split(","):
-        host, _, port = item.strip().rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"sentinel address {item!r} is not HOST:PORT")
-        hosts.append((host, int(port)))
-    sentinel = Sentinel(hosts, sentinel_kwargs=dict(common), **common)  # type: ignore[no-untyped-call]
-    auth: dict[str, Any] = {}
-    if match["user"]:
-        auth["username"] = unquote(match["user"])
-    if match["password"] or password:
-        auth["password"] = unquote(match["password"]) if match["password"] else password
+    sentinel = Sentinel(_hosts(match["hosts"]), sentinel_kwargs=dict(common),  # type: ignore[no-untyped-call]
+                        **common)
+    auth = _auth(match["user"], match["password"], password)
     primary: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
         match["service"], db=int(match["db"] or 0), decode_responses=True, **auth)
     return primary
@@ -294,8 +329,16 @@ class LockClient:
             "health_check_interval": 0,
         }
         self.follows_sentinel = url.startswith(SENTINEL_SCHEME)
+        self.cluster = url.startswith(CLUSTER_SCHEME)
+        self._factory: Callable[[], Any] | None = None
         try:
-            if self.follows_sentinel:
+            if self.cluster:
+                nodes, auth = _cluster_nodes(url, password)
+                # connecting fetches the slot map, so it waits for the first call,
+                # where failures are mapped like any other
+                self._factory = lambda: _cluster_client(nodes, auth, common)
+                self._redis: Any = None
+            elif self.follows_sentinel:
                 self._redis = _sentinel_primary(url, common, password)
             else:
                 self._redis = redis.Redis.from_url(
@@ -316,6 +359,8 @@ class LockClient:
             self._redis.connection_pool.disconnect()
 
     def close(self) -> None:
+        if self._redis is None:
+            return
         try:
             self._redis.close()
         except redis.exceptions.RedisError:
@@ -330,16 +375,25 @@ class LockClient:
         )
 
     def _execute(self, *command: str | int) -> Any:
-        return self._redis.execute_command(*command)  # type: ignore[no-untyped-call]
+        if self._redis is None and self._factory is not None:
+            self._redis = self._factory()
+        return self._redis.execute_command(*command)
 
     def command(self, *args: str | int) -> Any:
         """One plain command (admin verbs and doctor), with the same error mapping."""
         try:
             return self._execute(*args)
-        except redis.exceptions.RedisError as exc:
+        except CLIENT_ERRORS as exc:
             raise self._unavailable(exc) from exc
 
     def scan(self, pattern: str) -> Iterator[str]:
+        if self.cluster:  # every primary holds a share of the keys
+            self._execute("PING")
+            try:
+                yield from self._redis.scan_iter(match=pattern, count=1000)
+            except CLIENT_ERRORS as exc:
+                raise self._unavailable(exc) from exc
+            return
         cursor: int | str = 0
         for _ in range(1_000_000):  # bounded: a cursor that never returns to 0 is a bug
             cursor, names = self.command("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
@@ -362,7 +416,7 @@ class LockClient:
                 reply = self._execute("EVALSHA", sha, len(keys), *keys, *args)
             except redis.exceptions.NoScriptError:
                 reply = self._execute("EVAL", script, len(keys), *keys, *args)
-        except redis.exceptions.RedisError as exc:
+        except CLIENT_ERRORS as exc:
             denied = _denied_command(script, str(exc))
             if denied:
                 raise RedisUnavailable(

@@ -27,12 +27,13 @@ class SentinelSet:
 
     def ask(self, *command: str) -> object:
         port = self.sentinels[0][0]
-        return redis.Redis(port=port, decode_responses=True, socket_timeout=5).execute_command(
-            *command)
+        client = redis.Redis(port=port, decode_responses=True, socket_timeout=5)
+        return client.execute_command(*command)  # type: ignore[no-untyped-call]
 
     def primary_port(self) -> int:
-        _, port = self.ask("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)  # type: ignore[misc]
-        return int(port)
+        address = self.ask("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
+        assert isinstance(address, (list, tuple))
+        return int(address[1])
 
     def client_on(self, port: int) -> redis.Redis:
         return redis.Redis(port=port, decode_responses=True, socket_timeout=5)
@@ -41,7 +42,8 @@ class SentinelSet:
 def _sentinel_ready(s: SentinelSet) -> bool:
     try:
         for port, _ in s.sentinels:
-            info = redis.Redis(port=port, decode_responses=True, socket_timeout=1).execute_command(
+            client = redis.Redis(port=port, decode_responses=True, socket_timeout=1)
+            info = client.execute_command(  # type: ignore[no-untyped-call]
                 "SENTINEL", "MASTER", SERVICE)
             fields = info if isinstance(info, dict) else dict(zip(info[::2], info[1::2],
                                                                   strict=True))
@@ -97,8 +99,8 @@ def test_a_failover_during_a_job_is_survived_or_reported(sentinels: SentinelSet,
     proc = start_lockrun("-k", key, "--fire", "f1", "--ttl", "3s", "--", "sh", "-c",
                          f"touch {started}; sleep 8; exit 3", url=sentinels.url)
     wait_for(started.exists, 30, "the job to start")
-    wait_for(lambda: sentinels.client_on(old).execute_command("WAIT", 1, 100) == 1, 10,
-             "the claim to reach the replica")
+    wait_for(lambda: sentinels.client_on(old).execute_command(  # type: ignore[no-untyped-call]
+        "WAIT", 1, 100) == 1, 10, "the claim to reach the replica")
     sentinels.ask("SENTINEL", "FAILOVER", SERVICE)
     wait_for(lambda: sentinels.primary_port() != old, 30, "the failover")
     assert proc.wait(60) == 3
