@@ -1,0 +1,174 @@
+"""The fleet simulation's short form: one start per fire across servers, clocks and faults.
+
+``tests/fleet/sim.py`` runs real lockrun processes for many simulated servers
+against a private Redis; here CI runs its short form and checks what it
+counted. The three parts (default mode, --schedule mode, faults) run as three
+concurrent sims: the faults mostly wait on sleeps and ttls, so overlapping them
+with the CPU-bound clean modes keeps the test well inside two minutes. A second
+test breaks the fleet on purpose (every server its own fire id) to prove that
+these checks, and the sim's exit status, do catch duplicates.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SIM = ROOT / "tests" / "fleet" / "sim.py"
+SIM_DEADLINE_S = 150.0
+LEFTOVER_DEADLINE_S = 10.0
+
+Results = dict[str, Any]
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _term_with_pytest() -> None:
+    """preexec_fn: if pytest dies, the sim gets SIGTERM and cleans up after itself."""
+    _LIBC.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def _ours(workdir: Path) -> list[str]:
+    """Processes of one sim run: their command line or environment names its scratch
+    directory (redis-server's --dir; lockrun's and the job's SIM_RUNS_LOG)."""
+    needle = str(workdir).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and (needle in cmdline or needle in environ):
+            shown = cmdline.replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{entry.name}: {shown}")
+    return found
+
+
+@dataclass
+class Sim:
+    """One running ``sim.py --short`` and where it writes."""
+
+    proc: subprocess.Popen[str]
+    workdir: Path
+    results: Path
+
+
+def _start(tmp_path: Path, name: str, *args: str) -> Sim:
+    base = tmp_path / name
+    base.mkdir()
+    sim = Sim(subprocess.Popen(
+        [sys.executable, str(SIM), "--short", "--workdir", str(base / "work"),
+         "--json", str(base / "results.json"), "--report", str(base / "report.md"), *args],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_term_with_pytest,
+    ), base / "work", base / "results.json")
+    return sim
+
+
+def _stop(sim: Sim) -> None:
+    """SIGTERM lets the sim clean up; its children die with it (PDEATHSIG) in any case."""
+    if sim.proc.poll() is None:
+        sim.proc.terminate()
+        try:
+            sim.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            sim.proc.kill()
+            sim.proc.communicate()
+
+
+@contextmanager
+def simulations(tmp_path: Path, *runs: tuple[str, ...]) -> Iterator[list[tuple[int, Results]]]:
+    """Run sims concurrently; yield (exit status, results) each; never leave processes."""
+    sims: list[Sim] = []
+    try:
+        for i, args in enumerate(runs):
+            sims.append(_start(tmp_path, f"sim{i}", *args))
+        deadline = time.monotonic() + SIM_DEADLINE_S
+        out = []
+        for sim in sims:
+            try:
+                _, err = sim.proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the fleet simulation did not finish within {SIM_DEADLINE_S:g}s")
+            assert sim.results.exists(), err
+            out.append((sim.proc.returncode, json.loads(sim.results.read_text())))
+        yield out
+    finally:
+        for sim in sims:
+            _stop(sim)
+        for sim in sims:
+            deadline = time.monotonic() + LEFTOVER_DEADLINE_S
+            while _ours(sim.workdir) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _ours(sim.workdir) == [], "the simulation left processes behind"
+
+
+def check_clean(mode: Results) -> None:
+    """Every fire ran exactly once, and every lockrun exited 0 without a word."""
+    assert mode["fires"] > 0
+    assert (mode["runs"], mode["duplicates"], mode["misses"]) == (mode["fires"], 0, 0), \
+        mode["problems"]
+    assert mode["wrong_fire_id"] == 0
+    assert mode["hung"] == 0
+    assert mode["record_mismatches"] == 0
+    assert mode["fences_increasing"]
+    assert mode["exit_codes"] == {"0": mode["processes"]}
+    assert mode["stderr_total"] == 0, mode["stderr_lines"]
+
+
+def check_faults(faults: Results) -> None:
+    """No duplicate where Redis keeps its data; where it cannot, each duplicate is reported."""
+    assert set(faults) == {"1a", "1b", "2", "3", "4", "5", "6"}
+    for num, fault in faults.items():
+        assert fault["fires"] > 0, num
+        assert fault["not_applied"] == 0, (num, fault["notes"])
+        assert fault["misses"] == 0, (num, fault["notes"])
+        assert fault["hung"] == 0, num
+        if num in ("4", "5"):
+            assert fault["duplicates"] == fault["duplicates_detected"], (num, fault["notes"])
+        else:
+            assert fault["duplicates"] == 0, (num, fault["notes"])
+    assert faults["1b"]["runs"] == 2 * faults["1b"]["fires"], faults["1b"]["notes"]  # retried
+    assert all(faults["1a"]["metrics"]["pdeathsig_ok"])
+    assert all(faults["2"]["metrics"]["done_137"])
+    assert all(faults["3"]["metrics"]["claim_survived"])
+    assert not any("lost the lease" in line for line in faults["6"]["stderr_lines"])
+
+
+def test_fleet_runs_each_fire_once_and_reports_data_loss(tmp_path: Path) -> None:
+    with simulations(tmp_path, ("--mode", "faults"), ("--mode", "default"),
+                     ("--mode", "schedule")) as done:
+        (faults_code, faults), (default_code, default), (schedule_code, schedule) = done
+    check_clean(default["modes"]["default"])
+    check_clean(schedule["modes"]["schedule"])
+    check_faults(faults["faults"])
+    assert [default_code, schedule_code, faults_code] == [0, 0, 0]
+    assert [default["violations"], schedule["violations"], faults["violations"]] == [0, 0, 0]
+
+
+def test_the_checks_fail_on_a_fleet_that_runs_fires_twice(tmp_path: Path) -> None:
+    """Every server with its own fire id: each fire runs on every server, and we must see it."""
+    with simulations(tmp_path, ("--mode", "default", "--servers", "3", "--fires", "2",
+                                "--sabotage", "fire-per-server")) as done:
+        [(code, results)] = done
+    mode = results["modes"]["default"]
+    assert (mode["runs"], mode["duplicates"]) == (6, 2)
+    assert (code, results["violations"]) == (1, mode["violations"])
+    with pytest.raises(AssertionError):
+        check_clean(mode)
