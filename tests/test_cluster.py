@@ -8,14 +8,15 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from conftest import RedisServer, free_port, run_lockrun, wait_for
+from conftest import RedisServer, free_cluster_port, free_port, run_lockrun, wait_for
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
     base = tmp_path_factory.mktemp("cluster")
     nodes = [RedisServer(base / f"n{i}", ["--cluster-enabled", "yes", "--cluster-config-file",
-                                          "nodes.conf"]) for i in range(3)]
+                                          "nodes.conf"], port=free_cluster_port())
+             for i in range(3)]
     try:
         subprocess.run(["redis-cli", "--cluster", "create",
                         *(f"127.0.0.1:{n.port}" for n in nodes), "--cluster-replicas", "0",
