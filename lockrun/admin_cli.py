@@ -14,23 +14,12 @@ from typing import Any
 import click
 
 from lockrun.errors import UsageError
-from lockrun.options import duration, env, name, password, tls_files, tls_options
+from lockrun.options import apply, connection_options, duration, env, password, tls_files
 
-
-def _connection_options(f: Any) -> Any:
-    for decorator in reversed([
-        click.option("--redis-url", metavar="URL", default="redis://localhost:6379/0",
-                     **env("REDIS_URL"), help="Redis URL.  [default: redis://localhost:6379/0]"),
-        click.option("--redis-timeout", default="2s", **env("REDIS_TIMEOUT"),
-                     **duration(positive=True, maximum=60.0),
-                     help="Connect and reply timeout.  [default: 2s]"),
-        click.option("--key-prefix", callback=name, metavar="NAME", default="lockrun",
-                     **env("KEY_PREFIX"), help="Key prefix.  [default: lockrun]"),
-        *tls_options(),
-        click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts."),
-    ]):
-        f = decorator(f)
-    return f
+_connection_options = apply([
+    *connection_options(),
+    click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts."),
+])
 
 
 def _admin(options: dict[str, Any]) -> Any:

@@ -15,13 +15,13 @@ from lockrun.errors import LockrunError, UsageError
 from lockrun.exitcodes import ExitCode
 from lockrun.options import (
     apply,
+    connection_options,
     duration,
     env,
     http_url,
     name,
     password,
     tls_files,
-    tls_options,
     writable_dir,
 )
 from lockrun.output import Reporter, Verbosity
@@ -42,15 +42,7 @@ CONTEXT = {
               help="Job name: 1-200 of A-Z a-z 0-9 . _ - : (never read from the environment).")
 @click.option("--ttl", **duration(minimum=1.0), default="60s", **env("TTL"),
               help="Lease length; renewed every ttl/3 while the job runs.  [default: 60s]")
-@click.option("--redis-url", metavar="URL", default="redis://localhost:6379/0", **env("REDIS_URL"),
-              help="redis://, rediss:// or unix:// URL.  [default: redis://localhost:6379/0]")
-@click.option("--redis-timeout", **duration(positive=True, maximum=60.0), default="2s",
-              **env("REDIS_TIMEOUT"),
-              help="Connect and reply timeout of every Redis call.  [default: 2s]")
-@apply(tls_options())
-@click.option("--key-prefix", callback=name, metavar="NAME", default="lockrun",
-              **env("KEY_PREFIX"),
-              help="First part of every Redis key lockrun writes.  [default: lockrun]")
+@apply(connection_options())
 @click.option("--fire", callback=name, metavar="ID",
               help="Fire id (default: the current UTC minute, e.g. 2026-11-22T03:00:00Z).")
 @click.option("--schedule", metavar="EXPR", **env("SCHEDULE"),

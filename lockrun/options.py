@@ -103,6 +103,23 @@ def tls_files(options: dict[str, Any]) -> Any:
     return TlsFiles(ca, cert, key)
 
 
+def connection_options() -> list[Any]:
+    """Where Redis is and how lockrun's keys are named: the wrapper's and the verbs'."""
+    return [
+        click.option("--redis-url", metavar="URL", default="redis://localhost:6379/0",
+                     **env("REDIS_URL"),
+                     help="redis://, rediss://, unix://, redis+sentinel:// or redis+cluster:// "
+                          "URL.  [default: redis://localhost:6379/0]"),
+        click.option("--redis-timeout", default="2s", **env("REDIS_TIMEOUT"),
+                     **duration(positive=True, maximum=60.0),
+                     help="Connect and reply timeout of every Redis call.  [default: 2s]"),
+        *tls_options(),
+        click.option("--key-prefix", callback=name, metavar="NAME", default="lockrun",
+                     **env("KEY_PREFIX"),
+                     help="First part of every Redis key lockrun writes.  [default: lockrun]"),
+    ]
+
+
 def tls_options() -> list[Any]:
     """The three TLS options, shared by the wrapper and the admin verbs."""
     return [
