@@ -369,6 +369,12 @@ class LockClient:
     def _unavailable(self, exc: Exception) -> RedisUnavailable:
         text = str(exc).strip()
         detail = text.splitlines()[0].rstrip(".") if text else type(exc).__name__
+        if self.follows_sentinel and text.startswith("No master found for"):
+            # redis-py appends the repr of every sentinel client: a screenful, not a line
+            service = text[len("No master found for "):].split(" : ", 1)[0]
+            detail = (f"no sentinel answered with a primary for service {service}"
+                      if " : " in text else f"the sentinels know no healthy primary for "
+                      f"service {service}")
         return RedisUnavailable(
             f"cannot use Redis at {redact(self.url)}: {redact(detail)}",
             self.error_exit_code,
