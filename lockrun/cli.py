@@ -140,8 +140,6 @@ def wrapper(**options: Any) -> int:
         slot = validate(options["schedule"], zone_from(options["tz"]), time.time())
     verbosity = (Verbosity.VERBOSE if options["verbose"]
                  else Verbosity.QUIET if options["quiet"] else Verbosity.NORMAL)
-    if options["wait_replicas"] and str(options["redis_url"]).startswith("redis+cluster://"):
-        raise UsageError("--wait-replicas is not supported with redis+cluster:// yet")
     if not options["command"]:
         raise UsageError("no command given: use lockrun [OPTIONS] -- COMMAND [ARG]...")
     settings = click.get_current_context().obj

@@ -392,6 +392,22 @@ class LockClient:
         except CLIENT_ERRORS as exc:
             raise self._unavailable(exc) from exc
 
+    def wait(self, key: str, replicas: int, timeout_ms: int) -> int:
+        """Redis WAIT on the connection that last wrote *key*.
+
+        WAIT only counts the writes of the connection it is sent on. The pools
+        hand back the most recently used connection, so in a cluster sending
+        it to the node that serves *key*'s slot reuses the acquire's connection.
+        """
+        try:
+            if self.cluster:
+                node = self._redis.get_node_from_key(key)
+                return int(self._redis.execute_command("WAIT", replicas, timeout_ms,
+                                                       target_nodes=node))
+            return int(self._execute("WAIT", replicas, timeout_ms))
+        except CLIENT_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
     def scan(self, pattern: str) -> Iterator[str]:
         if self.cluster:  # every primary holds a share of the keys
             self._execute("PING")
@@ -512,7 +528,7 @@ class Lease:
 
     def wait_replicas(self, replicas: int, timeout_ms: int) -> int:
         """How many replicas acknowledged our claim (WAIT counts this connection's writes)."""
-        return int(self.client.command("WAIT", replicas, timeout_ms))
+        return self.client.wait(self.keys["fire"], replicas, timeout_ms)
 
     def abandon(self, reason: str) -> None:
         k = self.keys

@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
-from conftest import RedisServer, free_cluster_port, free_port, run_lockrun, wait_for
+from conftest import RedisServer, free_port, run_lockrun, start_lockrun, wait_for
+from redis_topologies import Cluster
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
-    base = tmp_path_factory.mktemp("cluster")
-    nodes = [RedisServer(base / f"n{i}", ["--cluster-enabled", "yes", "--cluster-config-file",
-                                          "nodes.conf"], port=free_cluster_port())
-             for i in range(3)]
-    try:
-        subprocess.run(["redis-cli", "--cluster", "create",
-                        *(f"127.0.0.1:{n.port}" for n in nodes), "--cluster-replicas", "0",
-                        "--cluster-yes"], check=True, capture_output=True, timeout=60)
-        wait_for(lambda: all(n.client().cluster("info")["cluster_state"] == "ok"
-                             for n in nodes), 60, "the cluster to be ok")
-        yield nodes
-    finally:
-        for n in nodes:
-            n.stop()
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Three primaries with a replica each, so a failover and WAIT have somewhere to go."""
+    topology = Cluster(tmp_path_factory.mktemp("cluster"), primaries=3, replicas=1)
+    yield topology
+    topology.stop()
 
 
 def _holds(node: RedisServer, name: str) -> bool:
@@ -37,21 +28,17 @@ def _holds(node: RedisServer, name: str) -> bool:
         return False
 
 
-def url(nodes: list[RedisServer]) -> str:
-    return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in nodes[:2])
-
-
-def test_jobs_spread_over_the_cluster_and_keep_the_contract(cluster: list[RedisServer],
+def test_jobs_spread_over_the_cluster_and_keep_the_contract(cluster: Cluster,
                                                             key: str) -> None:
     keys = [f"{key}-{i}" for i in range(8)]
     for k in keys:
-        r = run_lockrun("-k", k, "--fire", "f1", "--", "sh", "-c", "exit 3", url=url(cluster))
+        r = run_lockrun("-k", k, "--fire", "f1", "--", "sh", "-c", "exit 3", url=cluster.url)
         assert (r.returncode, r.stderr) == (3, "")
-        again = run_lockrun("-k", k, "--fire", "f1", "-E", "9", "--", "true", url=url(cluster))
+        again = run_lockrun("-k", k, "--fire", "f1", "-E", "9", "--", "true", url=cluster.url)
         assert again.returncode == 9
     holders = set()
     for k in keys:
-        [holder] = [n for n in cluster if _holds(n, f"lockrun:{{{k}}}:fire:f1")]
+        [holder] = [n for n in cluster.nodes if _holds(n, f"lockrun:{{{k}}}:fire:f1")]
         # every key of the job lives on the same node (one slot)
         assert _holds(holder, f"lockrun:{{{k}}}:hist") and _holds(holder,
                                                                  f"lockrun:{{{k}}}:fence")
@@ -59,25 +46,27 @@ def test_jobs_spread_over_the_cluster_and_keep_the_contract(cluster: list[RedisS
     assert len(holders) > 1  # the jobs really were spread over several primaries
 
 
-def test_admin_verbs_work_across_the_cluster(cluster: list[RedisServer], key: str) -> None:
+def test_admin_verbs_work_across_the_cluster(cluster: Cluster, key: str) -> None:
     names = [f"{key}-a", f"{key}-b", f"{key}-c", f"{key}-d"]
     for k in names:
-        run_lockrun("-k", k, "--fire", "f1", "--", "true", url=url(cluster))
-    r = run_lockrun("status", url=url(cluster))
+        run_lockrun("-k", k, "--fire", "f1", "--", "true", url=cluster.url)
+    r = run_lockrun("status", url=cluster.url)
     assert r.returncode == 0
     assert all(k in r.stdout for k in names)  # SCAN visits every primary
-    h = run_lockrun("history", names[0], url=url(cluster))
+    h = run_lockrun("history", names[0], url=cluster.url)
     assert "f1" in h.stdout and "ran" in h.stdout
-    assert run_lockrun("doctor", url=url(cluster)).returncode == 0
+    assert run_lockrun("doctor", url=cluster.url).returncode == 0
 
 
 def test_an_unreachable_cluster_is_75_quickly(key: str) -> None:
     start = time.monotonic()
     r = run_lockrun("-k", key, "--", "true",
-                    url=f"redis+cluster://127.0.0.1:{free_port()},127.0.0.1:{free_port()}")
+                    url=f"redis+cluster://lr:s3cret@127.0.0.1:{free_port()},"
+                        f"127.0.0.1:{free_port()}")
     assert r.returncode == 75
     assert time.monotonic() - start < 10
-    assert len(r.stderr.splitlines()) == 1
+    assert r.stderr.startswith("lockrun: ") and len(r.stderr.splitlines()) == 1
+    assert "s3cret" not in r.stderr and "lr:***@" in r.stderr
 
 
 def test_an_unreachable_cluster_follows_on_redis_error(key: str) -> None:
@@ -91,7 +80,46 @@ def test_bad_cluster_urls_are_usage_errors(bad: str) -> None:
     assert run_lockrun("-k", "x", "--", "true", url=bad).returncode == 64
 
 
-def test_wait_replicas_is_refused_with_cluster(cluster: list[RedisServer]) -> None:
-    r = run_lockrun("-k", "x", "--wait-replicas", "1", "--", "true", url=url(cluster))
-    assert r.returncode == 64 and "cluster" in r.stderr
+def _job_key(key: str) -> str:
+    return f"lockrun:{{{key}}}:fire:f1"
 
+
+def test_wait_replicas_waits_on_the_node_of_the_jobs_slot(cluster: Cluster, key: str) -> None:
+    ok = run_lockrun("-k", key, "--fire", "f1", "--wait-replicas", "1", "--strict-replicas",
+                     "--", "sh", "-c", "exit 3", url=cluster.url)
+    assert (ok.returncode, ok.stderr) == (3, "")
+    # With the replica of the job's primary stopped, WAIT must time out. A WAIT sent to
+    # any other node (another primary, with its replica running) would report 1.
+    replica = cluster.replica_of(cluster.holder(_job_key(key)))
+    replica.pause()
+    try:
+        r = run_lockrun("-k", key, "--fire", "f2", "--wait-replicas", "1", "--wait-timeout",
+                        "300ms", "--strict-replicas", "--", "sh", "-c", "echo RAN",
+                        url=cluster.url)
+    finally:
+        replica.resume()
+    assert r.returncode == 75 and "RAN" not in r.stdout
+    assert "0 of 1 replicas" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_a_cluster_failover_during_a_job_is_survived(cluster: Cluster, key: str,
+                                                     tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    proc = start_lockrun("-k", key, "--fire", "f1", "--ttl", "3s", "--", "sh", "-c",
+                         f"touch {started}; sleep 8; exit 3", url=cluster.url)
+    wait_for(started.exists, 30, "the job to start")
+    old = cluster.holder(_job_key(key))
+    wait_for(lambda: old.client().execute_command(  # type: ignore[no-untyped-call]
+        "WAIT", 1, 100) == 1, 10, "the claim to reach the replica")
+    new = cluster.failover(_job_key(key))
+    assert new.port != old.port
+    assert proc.wait(60) == 3
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    # CLUSTER FAILOVER hands over with the replica caught up: the renewals follow the
+    # slot to the new primary (MOVED), nothing is lost, nothing needs saying.
+    assert err == ""
+    record = new.client().hgetall(_job_key(key))
+    assert record.get("state") == "done" and record.get("exit") == "3", record
+    again = run_lockrun("-k", key, "--fire", "f1", "-E", "9", "--", "true", url=cluster.url)
+    assert again.returncode == 9
