@@ -162,6 +162,27 @@ def test_fleet_runs_each_fire_once_and_reports_data_loss(tmp_path: Path) -> None
     assert [default["violations"], schedule["violations"], faults["violations"]] == [0, 0, 0]
 
 
+@pytest.mark.parametrize("topology", ["sentinel", "cluster"])
+def test_the_same_fleet_against_sentinel_and_cluster(tmp_path: Path, topology: str) -> None:
+    """The unchanged simulation, pointed at a replicated topology: clean fires, the
+    restart that loses data (reported), a killed connection, and a failover mid-job."""
+    with simulations(tmp_path, ("--topology", topology, "--mode", "default"),
+                     ("--topology", topology, "--mode", "faults", "--faults", "4,6,7")) as done:
+        (default_code, default), (faults_code, faults) = done
+    check_clean(default["modes"]["default"])
+    found = faults["faults"]
+    assert set(found) == {"4", "6", "7"}
+    for num, fault in found.items():
+        assert fault["fires"] > 0 and fault["not_applied"] == 0, (num, fault["notes"])
+        assert (fault["misses"], fault["hung"]) == (0, 0), (num, fault["notes"])
+    assert found["4"]["duplicates"] == found["4"]["duplicates_detected"], found["4"]["notes"]
+    assert found["6"]["duplicates"] == 0 and found["7"]["duplicates"] == 0
+    assert all(found["7"]["metrics"]["claim_survived"]), found["7"]["notes"]
+    assert all(found["7"]["metrics"]["done_on_new_primary"]), found["7"]["notes"]
+    assert not any("lost the lease" in line for line in found["7"]["stderr_lines"])
+    assert [default_code, faults_code] == [0, 0]
+
+
 def test_the_checks_fail_on_a_fleet_that_runs_fires_twice(tmp_path: Path) -> None:
     """Every server with its own fire id: each fire runs on every server, and we must see it."""
     with simulations(tmp_path, ("--mode", "default", "--servers", "3", "--fires", "2",

@@ -43,9 +43,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import redis
-
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))  # the topologies the tests start, started the same way
+from redis_topologies import Cluster, RedisServer, SentinelSet  # noqa: E402
+
 KEY = "simjob"
 T0 = datetime(2026, 11, 22, tzinfo=timezone.utc).timestamp()
 """Virtual time of the first fire; fire k of a clean mode is T0 + k minutes."""
@@ -59,7 +60,8 @@ CLEAN_TTL = "3s"
 FIRE_DEADLINE_S = 120.0
 """Longest a fire's processes may take (on a loaded machine) before they count as hung."""
 POLL_S = 0.005
-REDIS_START_DEADLINE_S = 20.0
+SENTINEL_DOWN_AFTER_MS = 5000
+"""Longer than fault 5's pause (ttl + 1.5s), so a SIGSTOP is not mistaken for a dead primary."""
 EXPIRY_DEADLINE_S = 20.0
 RETRY_TICKS = 4
 """Crontab ticks (one a minute) after a crashed fire that stay inside --schedule '*/5' grace."""
@@ -91,13 +93,9 @@ def faketime_spec(epoch: float) -> str:
 
 def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
     """Poll with a deadline; never a fixed sleep as synchronisation."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(POLL_S)
+    from redis_topologies import wait_until as poll
+
+    return poll(predicate, timeout, POLL_S)
 
 
 def pace_until(target: float) -> None:
@@ -118,80 +116,94 @@ def pid_alive(pid: int) -> bool:
 # --------------------------------------------------------------------------- Redis
 
 
-class RedisProc:
-    """A private redis-server on a unix socket only (``--port 0``), in its own directory."""
+class Single:
+    """One redis-server; lockrun reaches it on its unix socket."""
 
     def __init__(self, workdir: Path, persistent: bool) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("sim: redis-server is not installed")
-        self.binary = binary
-        self.dir = workdir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.socket = str(self.dir / "redis.sock")
-        self.persistent = persistent
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
+        self.server = RedisServer(workdir, persistent=persistent, preexec_fn=_die_with_us)
+        self.persistence = self.server.persistence
+        self.url = self.server.url
 
-    @property
-    def url(self) -> str:
-        return f"unix://{self.socket}"
+    def client(self) -> Any:
+        return self.server.client()
 
-    @property
-    def persistence(self) -> str:
-        return ("--appendonly yes --appendfsync always" if self.persistent
-                else "--save '' --appendonly no")
+    def holder(self, key: str) -> RedisServer:
+        """The process that stores *key*: the one a fault is injected into."""
+        return self.server
 
-    def start(self) -> None:
-        args = ["--port", "0", "--unixsocket", self.socket, "--unixsocketperm", "700",
-                "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log"), "--save", ""]
-        args += (["--appendonly", "yes", "--appendfsync", "always"] if self.persistent
-                 else ["--appendonly", "no"])
-        self.proc = subprocess.Popen([self.binary, *args], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     preexec_fn=_die_with_us)
-        if not wait_until(self._ping, REDIS_START_DEADLINE_S):
-            self.stop()
-            raise SystemExit(f"sim: redis-server in {self.dir} did not answer within "
-                             f"{REDIS_START_DEADLINE_S:g}s")
-
-    def _ping(self) -> bool:
-        try:
-            return bool(self.client(0.5).ping())
-        except redis.exceptions.RedisError:
-            return False
-
-    def client(self, timeout: float = 5.0) -> Any:
-        return redis.Redis(unix_socket_path=self.socket, decode_responses=True,
-                           socket_timeout=timeout, socket_connect_timeout=timeout)
-
-    def crash_restart(self) -> None:
-        """SIGKILL and start again: what survives is what the persistence config kept."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-        self.proc.kill()
-        self.proc.wait(10)
-        self.start()
-
-    def pause(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
+    def failover(self, key: str) -> str:
+        raise RuntimeError("a single redis-server has no replica to fail over to")
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGCONT)
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
+        self.server.stop()
+
+
+class Sentinels:
+    """A primary, a replica and three sentinels; lockrun gets a redis+sentinel:// URL."""
+
+    def __init__(self, workdir: Path, persistent: bool) -> None:
+        self.set = SentinelSet(workdir, persistent=persistent,
+                               down_after_ms=SENTINEL_DOWN_AFTER_MS, preexec_fn=_die_with_us)
+        self.persistence = self.set.servers[0].persistence + "; primary + replica + 3 sentinels"
+        self.url = self.set.url
+
+    def client(self) -> Any:
+        return self.set.client()
+
+    def holder(self, key: str) -> RedisServer:
+        return self.set.holder(key)
+
+    def failover(self, key: str) -> str:
+        old = self.set.primary_port()
+        return f"SENTINEL FAILOVER: primary {old} -> {self.set.failover()}"
+
+    def stop(self) -> None:
+        self.set.stop()
+
+
+class Clustered:
+    """Three primaries with a replica each; lockrun gets a redis+cluster:// URL."""
+
+    def __init__(self, workdir: Path, persistent: bool) -> None:
+        self.cluster = Cluster(workdir, 3, 1, persistent=persistent, preexec_fn=_die_with_us)
+        self.persistence = self.cluster.nodes[0].persistence + "; 3 primaries x 1 replica"
+        self.url = self.cluster.url
+
+    def client(self) -> Any:
+        return self.cluster.client()
+
+    def holder(self, key: str) -> RedisServer:
+        return self.cluster.holder(key)
+
+    def failover(self, key: str) -> str:
+        old = self.cluster.holder(key).port
+        return f"CLUSTER FAILOVER: slot primary {old} -> {self.cluster.failover(key).port}"
+
+    def stop(self) -> None:
+        self.cluster.stop()
+
+
+Topology = Single | Sentinels | Clustered
+TOPOLOGIES: dict[str, type[Single] | type[Sentinels] | type[Clustered]] = {
+    "single": Single, "sentinel": Sentinels, "cluster": Clustered}
+RUNNING_KEY = f"lockrun:{{{KEY}}}:running"
+
+
+TOPOLOGY_TEXT = {
+    "single": "Topology `single`: one real, private `redis-server`, which lockrun reaches on "
+              "its unix socket.",
+    "sentinel": "Topology `sentinel`: a primary, a replica and three sentinels (quorum 2, "
+                f"`down-after-milliseconds {SENTINEL_DOWN_AFTER_MS}`), all real "
+                "`redis-server` processes on 127.0.0.1; lockrun gets a `redis+sentinel://` "
+                "URL naming the three sentinels.",
+    "cluster": "Topology `cluster`: a real Redis Cluster of 3 primaries with a replica each "
+               "(`cluster-node-timeout 5000`) on 127.0.0.1; lockrun gets a `redis+cluster://` "
+               "URL naming two seed nodes.",
+}
+
+
+def start_topology(opts: Options, workdir: Path, persistent: bool) -> Topology:
+    return TOPOLOGIES[opts.topology](workdir, persistent)
 
 
 # --------------------------------------------------------------------------- the fleet
@@ -276,7 +288,10 @@ class Fleet:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("LOCKRUN_", "FAKETIME", "SIM_")) and k != "CRON_TZ"}
         # LOCKRUN_CONFIG="": no /etc/lockrun.toml either; every setting is on the command line.
-        env.update(LD_PRELOAD=libs[0], FAKETIME_DONT_FAKE_MONOTONIC="1", FAKETIME_NO_CACHE="1",
+        # The monotonic clock is faked too (shifted, still ticking at real speed): with
+        # FAKETIME_DONT_FAKE_MONOTONIC=1 libfaketime makes Python's time.sleep() fail with
+        # EINVAL, which redis-py's cluster client calls when the cluster is down.
+        env.update(LD_PRELOAD=libs[0], FAKETIME_DONT_FAKE_MONOTONIC="0", FAKETIME_NO_CACHE="1",
                    TZ="UTC", LOCKRUN_CONFIG="")
         self.base_env = env
         self.live: list[Proc] = []
@@ -459,7 +474,7 @@ def clean_mode(mode: str, opts: Options, fleet: Fleet, sabotage: str | None) -> 
     rng = random.Random(f"{opts.seed}:{mode}")
     workdir = fleet.workdir / mode
     log = workdir / "runs.log"
-    server = RedisProc(workdir / "redis", persistent=False)
+    server = start_topology(opts, workdir / "redis", persistent=False)
     skews = [s.skew for s in fleet.servers]
     result = ModeResult(mode, len(fleet.servers), opts.fires,
                         " ".join(shlex.quote(a) for a in args), (min(skews), max(skews)),
@@ -590,7 +605,7 @@ class FaultResult:
 class FaultCtx:
     """Shared plumbing of one fault: its Redis, runs log, plan of starts and lockrun args."""
 
-    def __init__(self, fleet: Fleet, server: RedisProc, log: Path, args: list[str],
+    def __init__(self, fleet: Fleet, server: Topology, log: Path, args: list[str],
                  rng: random.Random, delay_max: float) -> None:
         self.fleet = fleet
         self.redis = server
@@ -635,7 +650,7 @@ class FaultCtx:
     def wait_guard_gone(self) -> bool:
         """The next fire must not meet this one's claim: wait for the overlap guard to go."""
         client = self.redis.client()
-        return wait_until(lambda: not client.exists(f"lockrun:{{{KEY}}}:running"),
+        return wait_until(lambda: not client.exists(RUNNING_KEY),
                           EXPIRY_DEADLINE_S)
 
     def record(self, fid: str) -> dict[str, str]:
@@ -725,7 +740,7 @@ def fault_restart(ctx: FaultCtx, at: float) -> FaultFire:
     run = ctx.wait_job_start(fid, w)
     if run is None:
         return _not_applied(ctx, ff, w)
-    ctx.redis.crash_restart()
+    ctx.redis.holder(RUNNING_KEY).crash_restart()
     rec = ctx.record(fid)
     survived = rec.get("state") == "running" and rec.get("fence") == str(run.fence)
     ff.metrics["claim_survived"] = float(survived)
@@ -744,13 +759,14 @@ def fault_pause(ctx: FaultCtx, at: float, ttl: float) -> FaultFire:
     run = ctx.wait_job_start(fid, w)
     if run is None:
         return _not_applied(ctx, ff, w)
-    ctx.redis.pause()
+    node = ctx.redis.holder(RUNNING_KEY)
+    node.pause()
     paused = time.monotonic()
     try:
         wait_until(lambda: time.monotonic() - paused >= ttl + 1.5 and LOST in w.stderr_now(),
                    ttl + 15)
     finally:
-        ctx.redis.resume()
+        node.resume()
     ff.metrics["paused_s"] = time.monotonic() - paused
     ff.notes.append(f"Redis stopped for {ff.metrics['paused_s']:.1f}s (ttl {ttl:g}s)")
     _finish(ctx, ff, [w, *ctx.launch(plan[1:], at, "late")])
@@ -767,7 +783,7 @@ def fault_client_kill(ctx: FaultCtx, at: float) -> FaultFire:
     run = ctx.wait_job_start(fid, w)
     if run is None:
         return _not_applied(ctx, ff, w)
-    admin = ctx.redis.client()
+    admin: Any = ctx.redis.holder(RUNNING_KEY).client()
     first = int(admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"))
     me = int(admin.client_id())
 
@@ -809,6 +825,7 @@ class FaultSpec:
     how: str
     extra_args: tuple[str, ...] = ()
     delay_max: float = DELAY_DEFAULT_S
+    topologies: tuple[str, ...] = ("single", "sentinel", "cluster")
 
 
 FAULTS = (
@@ -846,16 +863,48 @@ FAULTS = (
               "job `exec sleep 3`; `CLIENT KILL TYPE normal` right after the job started, and "
               "again once the winner had reconnected (polled with `CLIENT LIST`); the other "
               "servers start after that"),
+    FaultSpec("7", "failover to the replica during the job", False, 3, False,
+              "claim survives on the new primary; no duplicate, no lost lease",
+              "job `exec sleep 6`; once the replica has acknowledged the claim (`WAIT 1`), "
+              "`SENTINEL FAILOVER` or `CLUSTER FAILOVER` on the replica of the job's slot; the "
+              "other servers start once the new primary serves the slot",
+              topologies=("sentinel", "cluster")),
 )
+
+
+def fault_failover(ctx: FaultCtx, at: float) -> FaultFire:
+    """Promote the replica of the job's primary while the winner's job runs."""
+    fid = fire_id(at)
+    ff = FaultFire(fid, expected=1)
+    plan = ctx.plan()
+    w = ctx.spawn(plan[0], at + plan[0].delay, "winner", job_sleep=6)
+    run = ctx.wait_job_start(fid, w)
+    if run is None:
+        return _not_applied(ctx, ff, w)
+    node: Any = ctx.redis.holder(RUNNING_KEY).client()
+    acked = wait_until(lambda: node.execute_command("WAIT", 1, 100) == 1, 10.0)
+    ff.notes.append(ctx.redis.failover(RUNNING_KEY)
+                    + ("" if acked else " (the replica had NOT acknowledged the claim)"))
+    rec = ctx.record(fid)
+    survived = rec.get("state") == "running" and rec.get("fence") == str(run.fence)
+    ff.metrics["claim_survived"] = float(survived)
+    _finish(ctx, ff, [w, *ctx.launch(plan[1:], at, "late")])
+    done = ctx.record(fid)
+    ff.metrics["done_on_new_primary"] = float(done.get("state") == "done"
+                                              and done.get("fence") == str(run.fence))
+    _check_loss(ff, run)
+    return ff
 
 
 def fault_mode(opts: Options, fleet: Fleet) -> list[FaultResult]:
     """Each fault on its own fresh Redis, ``opts.fault_fires`` fires each, one at a time."""
     results = []
     for idx, spec in enumerate(FAULTS):
+        if opts.topology not in spec.topologies or (opts.faults and spec.num not in opts.faults):
+            continue
         args = ["-k", KEY, *spec.extra_args, "--ttl", f"{spec.ttl:g}s"]
         workdir = fleet.workdir / f"fault-{spec.num}"
-        server = RedisProc(workdir / "redis", persistent=spec.persistent)
+        server = start_topology(opts, workdir / "redis", persistent=spec.persistent)
         ctx = FaultCtx(fleet, server, workdir / "runs.log", args,
                        random.Random(f"{opts.seed}:fault:{spec.num}"), spec.delay_max)
         res = FaultResult(spec.num, spec.title, server.persistence,
@@ -875,8 +924,10 @@ def fault_mode(opts: Options, fleet: Fleet) -> list[FaultResult]:
                     ff = fault_restart(ctx, at)
                 elif spec.num == "5":
                     ff = fault_pause(ctx, at, spec.ttl)
-                else:
+                elif spec.num == "6":
                     ff = fault_client_kill(ctx, at)
+                else:
+                    ff = fault_failover(ctx, at)
                 _tally(res, ff, codes, lines, fleet.workdir)
         finally:
             server.stop()
@@ -940,6 +991,8 @@ class Options:
     json_path: Path | None
     sabotage: str | None
     workdir: Path | None
+    topology: str = "single"
+    faults: tuple[str, ...] = ()
 
 
 def lockrun_source(lockrun: Path) -> str:
@@ -994,6 +1047,10 @@ def command_line(opts: Options) -> str:
     parts = ["python", "tests/fleet/sim.py"]
     if opts.short:
         parts.append("--short")
+    if opts.topology != "single":
+        parts += ["--topology", opts.topology]
+    if opts.faults:
+        parts += ["--faults", ",".join(opts.faults)]
     parts += ["--mode", opts.mode, "--servers", str(opts.servers), "--fires", str(opts.fires),
               "--fault-fires", str(opts.fault_fires), "--seed", str(opts.seed)]
     if opts.ms_per_vsec != MS_PER_VSEC:
@@ -1041,9 +1098,10 @@ def render(opts: Options, info: dict[str, str], uts: tuple[bool, str],
         "",
         "## Model",
         "",
-        "- One real, private `redis-server` per mode and per fault, on a unix socket only "
-        "(`--port 0`), started and stopped by the script; `--save '' --appendonly no` unless "
-        "a fault says otherwise.",
+        "- " + TOPOLOGY_TEXT[opts.topology] + " Started and stopped by the script, afresh "
+        "for each mode and each fault; `--save '' --appendonly no` unless a fault says "
+        "otherwise. Faults that act on Redis act on the server that holds the job's keys "
+        "(the primary of its slot).",
         f"- {opts.servers} simulated servers `srv-01`…`srv-{opts.servers:02d}`. Server *i* has a "
         f"fixed clock skew s_i drawn uniformly in [-{SKEW_MAX_S:g}s, +{SKEW_MAX_S:g}s] (seed "
         f"{opts.seed}), and per fire a start delay d_i drawn uniformly in [0, D] (D = "
@@ -1057,7 +1115,8 @@ def render(opts: Options, info: dict[str, str], uts: tuple[bool, str],
         "- Time is virtual. Fire k is scheduled at T_k (2026-11-22T00:00:00Z + k minutes in the "
         "clean modes). Cron on server *i* starts lockrun when its own clock reads T_k, i.e. at "
         "true time T_k - s_i, plus d_i; lockrun's clock (libfaketime, "
-        "`FAKETIME=@<T_k + d_i>`, monotonic clock not faked) then reads T_k + d_i. The "
+        "`FAKETIME=@<T_k + d_i>`; the monotonic clock is shifted alike, both tick at real "
+        "speed) then reads T_k + d_i. The "
         "processes of one fire are started concurrently, in the order of their true start "
         f"(d_i - s_i), compressed to {opts.ms_per_vsec:g} ms of real time per virtual second. "
         "The skew decides who arrives first in true time; it cannot change a fire id, because "
@@ -1233,6 +1292,11 @@ def parse(argv: Sequence[str] | None) -> Options:
                         "id, --overlap allow) to prove that the checks fail; used by "
                         "tests/test_fleet.py")
     p.add_argument("--workdir", type=Path, help="scratch directory (default: a new temp dir)")
+    p.add_argument("--topology", choices=sorted(TOPOLOGIES), default="single",
+                   help="one redis-server (default), a primary + replica + 3 sentinels, or a "
+                        "cluster of 3 primaries with a replica each")
+    p.add_argument("--faults", help="comma-separated fault numbers to run (default: every "
+                                    "fault that applies to the topology)")
     a = p.parse_args(argv)
     opts = Options(
         servers=a.servers or (8 if a.short else 20),
@@ -1240,10 +1304,14 @@ def parse(argv: Sequence[str] | None) -> Options:
         fault_fires=a.fault_fires if a.fault_fires is not None else (1 if a.short else 5),
         mode=a.mode, seed=a.seed, short=a.short, ms_per_vsec=a.ms_per_vsec,
         lockrun=a.lockrun, report=a.report, json_path=a.json_path, sabotage=a.sabotage,
-        workdir=a.workdir,
+        workdir=a.workdir, topology=a.topology,
+        faults=tuple(f for f in (a.faults or "").split(",") if f),
     )
     if not 2 <= opts.servers <= 99 or opts.fires < 1 or opts.fault_fires < 1:
         p.error("need 2-99 servers, at least 1 fire and 1 fault fire")
+    unknown = set(opts.faults) - {f.num for f in FAULTS}
+    if unknown:
+        p.error(f"no such fault: {', '.join(sorted(unknown))}")
     if not os.access(opts.lockrun, os.X_OK):
         p.error(f"{opts.lockrun} is not executable")
     return opts
