@@ -51,7 +51,8 @@ def run(cfg: Config, out: Reporter) -> int:
         except RedisUnavailable as exc:
             hooks.redis_unusable()
             return _redis_down(cfg, out, exc, program, env, inbox, hooks)
-        _check_clock(cfg, out, (sent + time.time()) / 2 - acq.server_ms / 1000)
+        _check_clock(cfg, out, (sent + time.time()) / 2 - acq.server_ms / 1000,
+                     time.monotonic() - acquired_at)
         if not acq.won:
             out.info(_skip_reason(cfg, acq))
             hooks.skipped()
@@ -116,9 +117,14 @@ def _replicated(cfg: Config, out: Reporter, lease: Lease) -> bool:
     return False
 
 
-def _check_clock(cfg: Config, out: Reporter, skew: float) -> None:
-    """Fire ids come from the local clock, so a drifting one must be fixed (NTP), loudly."""
-    if cfg.max_skew > 0 and abs(skew) > cfg.max_skew:
+def _check_clock(cfg: Config, out: Reporter, skew: float, round_trip: float) -> None:
+    """Fire ids come from the local clock, so a drifting one must be fixed (NTP), loudly.
+
+    Redis's time is read somewhere inside the round trip, so the estimate is only
+    good to half of it: a slow reply on a loaded server must not look like a
+    skewed clock.
+    """
+    if cfg.max_skew > 0 and abs(skew) - round_trip / 2 > cfg.max_skew:
         direction = "ahead of" if skew > 0 else "behind"
         out.warning(f"this server's clock is {abs(skew):.1f}s {direction} the Redis server's "
                     f"(--max-skew {cfg.max_skew:g}s): fix NTP on {socket.gethostname()}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -228,6 +229,23 @@ def test_an_accurate_clock_gives_no_warning(redis_server: RedisServer, key: str)
                     url=redis_server.url)
     assert r.stderr == ""
     assert abs(int(history(redis_server, key)[0]["skew_ms"])) < 2000
+
+
+def test_a_slow_reply_is_not_mistaken_for_a_skewed_clock(own_redis: RedisServer,
+                                                         key: str) -> None:
+    """Redis answers ~1.5s late: the midpoint estimate is off by up to 0.75s, which is
+    the reply's fault, not the clock's. The clock itself is accurate."""
+    own_redis.pause()
+    proc = start_lockrun("-k", key, "--fire", "f1", "--max-skew", "0.3s", "--", "true",
+                         url=own_redis.url)
+    try:
+        time.sleep(1.8)  # the fault's length, not a synchronisation: Redis stays stopped
+    finally:
+        own_redis.resume()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "clock is" not in err
+    assert history(own_redis, key)[0]["event"] == "start"
 
 
 def test_schedule_and_fire_together_are_a_usage_error(redis_server: RedisServer) -> None:
