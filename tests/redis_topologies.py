@@ -273,7 +273,7 @@ class Cluster:
                 c = n.client(1)
                 if c.cluster("info")["cluster_state"] != "ok":
                     return False
-                if len(str(c.execute_command("CLUSTER", "NODES")).splitlines()) != expected:
+                if len(str(c.execute_command("CLUSTER", "NODES")).splitlines()) != expected:  # type: ignore[no-untyped-call]
                     return False
                 info = c.info("replication")
                 if info["role"] == "master" and sum(  # replicas in sync: WAIT and FAILOVER work
