@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lockrun.output import Verbosity
-from lockrun.schedule import Slot, hold_until_next
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # neither is needed unless --schedule or TLS is used
     from lockrun.protocol import TlsFiles
+    from lockrun.schedule import Slot
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
@@ -53,5 +53,7 @@ class Config:
         """With --schedule, a done record outlives the slot, or a later tick would rerun it."""
         keep = self.retention
         if self.slot is not None:
+            from lockrun.schedule import hold_until_next
+
             keep = max(keep, hold_until_next(self.slot, now))
         return int(keep * 1000)

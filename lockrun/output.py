@@ -39,6 +39,8 @@ class Reporter:
         self.context: dict[str, str] = {}
 
     def _emit(self, level: str, message: str, shown: bool) -> None:
+        if not (shown or self.syslog):
+            return  # a silent skip is the common case: do no work for it
         line = redact(" ".join(message.split()))
         if self.syslog:
             self._to_syslog(level, line)

@@ -6,22 +6,25 @@ import os
 import signal
 import socket
 import time
+from typing import TYPE_CHECKING
 
 from lockrun.config import Config
 from lockrun.errors import LockrunError, RedisUnavailable
 from lockrun.exitcodes import ExitCode, from_wait_status
-from lockrun.monitor import Hooks
 from lockrun.output import Reporter
 from lockrun.protocol import Acquired, Lease, LockClient, new_owner
-from lockrun.schedule import Slot
 from lockrun.supervise import Child, SignalInbox, resolve_command
+
+if TYPE_CHECKING:
+    from lockrun.monitor import Hooks
+    from lockrun.schedule import Slot
 
 CHILD_ENV = ("LOCKRUN_KEY", "LOCKRUN_FIRE", "LOCKRUN_FENCE", "LOCKRUN_OWNER")
 
 
 def run(cfg: Config, out: Reporter) -> int:
     """Return the exit status for the whole invocation (see exitcodes.ExitCode)."""
-    hooks = Hooks(cfg.key, cfg.ping_url, cfg.metrics_dir, out)
+    hooks = _hooks(cfg, out)
     env = {k: v for k, v in os.environ.items() if k not in CHILD_ENV}
     env["LOCKRUN_KEY"] = cfg.key
     env["LOCKRUN_FIRE"] = cfg.fire
@@ -73,12 +76,37 @@ def run(cfg: Config, out: Reporter) -> int:
         client.close()
 
 
+class NoHooks:
+    """Neither --ping-url nor --metrics-dir: nothing to tell, and monitor.py stays unimported."""
+
+    def started(self, owner: str) -> None:
+        pass
+
+    def finished(self, exit_code: int) -> None:
+        pass
+
+    def skipped(self) -> None:
+        pass
+
+    def redis_unusable(self) -> None:
+        pass
+
+
+def _hooks(cfg: Config, out: Reporter) -> Hooks | NoHooks:
+    if not (cfg.ping_url or cfg.metrics_dir):
+        return NoHooks()
+    from lockrun.monitor import Hooks
+
+    return Hooks(cfg.key, cfg.ping_url, cfg.metrics_dir, out)
+
+
 def _lease(cfg: Config, client: LockClient, guard: bool) -> Lease:
     return Lease(client, cfg.key, cfg.fire, cfg.ttl_ms, guard, new_owner(), socket.gethostname(),
                  cfg.key_prefix)
 
 
-def _too_late(cfg: Config, out: Reporter, slot: Slot, client: LockClient, hooks: Hooks) -> int:
+def _too_late(cfg: Config, out: Reporter, slot: Slot, client: LockClient,
+              hooks: Hooks | NoHooks) -> int:
     """Past the grace, this tick must not start the fire; the first to notice records it."""
     late = time.time() - slot.fire
     out.info(f"skipped {cfg.key} fire {cfg.fire}: too late ({late:.0f}s after the scheduled "
@@ -141,7 +169,7 @@ def _skip_reason(cfg: Config, acq: Acquired) -> str:
 
 
 def _redis_down(cfg: Config, out: Reporter, exc: RedisUnavailable, program: str,
-                env: dict[str, str], inbox: SignalInbox, hooks: Hooks) -> int:
+                env: dict[str, str], inbox: SignalInbox, hooks: Hooks | NoHooks) -> int:
     """Apply --on-redis-error; every policy says so on stderr, because cron mails it."""
     if cfg.on_redis_error == "skip":
         out.error(f"{exc}; skipping fire {cfg.fire} of {cfg.key} (--on-redis-error skip)")
@@ -167,7 +195,7 @@ class Supervisor:
     """The wait loop: forward signals, renew the lease, enforce --timeout, reap."""
 
     def __init__(self, cfg: Config, out: Reporter, inbox: SignalInbox, lease: Lease | None,
-                 acquired_at: float, hooks: Hooks) -> None:
+                 acquired_at: float, hooks: Hooks | NoHooks) -> None:
         self.cfg = cfg
         self.hooks = hooks
         self.out = out

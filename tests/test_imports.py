@@ -8,7 +8,8 @@ import sys
 from conftest import RedisServer, lockrun_env
 
 NEVER_ON_SKIP = {"psutil", "ctypes", "cronsim", "zoneinfo", "tomllib", "tomli", "urllib.request",
-                 "lockrun.admin", "lockrun.admin_cli", "lockrun.doctor"}
+                 "lockrun.admin", "lockrun.admin_cli", "lockrun.doctor", "lockrun.schedule",
+                 "lockrun.monitor"}
 
 
 def imported(args: list[str], env: dict[str, str]) -> set[str]:
