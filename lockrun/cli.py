@@ -35,9 +35,35 @@ CONTEXT = {
 }
 
 
-@click.command(context_settings=CONTEXT, epilog="Exit status: the job's own; 128+N if it died of "
-               "signal N; 0 (-E) when skipped; 75 (--error-exit-code) when Redis is unusable; "
-               "64 usage error; 124 timeout; 126 not executable; 127 not found. See lockrun(1).")
+class _Command(click.Command):
+    """click without a spelling hint computed, then thrown away, for every short option.
+
+    click tries ``-k`` as a long option first; the miss builds a NoSuchOption whose
+    suggestions import difflib and score every option name (about 1 ms, on every
+    cron fire) before ``-k`` matches as the short option it is. A click without
+    these internals keeps its own behaviour.
+    """
+
+    def make_parser(self, ctx: click.Context) -> Any:
+        parser = super().make_parser(ctx)
+        shorts = getattr(parser, "_short_opt", None)
+        match_long = getattr(parser, "_match_long_opt", None)
+        if not isinstance(shorts, dict) or match_long is None:
+            return parser
+
+        def match(opt: str, explicit_value: str | None, state: Any) -> None:
+            if opt in shorts:
+                raise click.NoSuchOption(opt, ctx=ctx)  # no possibilities: no difflib
+            match_long(opt, explicit_value, state)
+
+        setattr(parser, "_match_long_opt", match)  # noqa: B010 - a method of this instance
+        return parser
+
+
+@click.command(cls=_Command, context_settings=CONTEXT,
+               epilog="Exit status: the job's own; 128+N if it died of signal N; 0 (-E) when "
+               "skipped; 75 (--error-exit-code) when Redis is unusable; 64 usage error; 124 "
+               "timeout; 126 not executable; 127 not found. See lockrun(1).")
 @click.option("-k", "--key", required=True, callback=name, metavar="NAME",
               help="Job name: 1-200 of A-Z a-z 0-9 . _ - : (never read from the environment).")
 @click.option("--ttl", **duration(minimum=1.0), default="60s", **env("TTL"),

@@ -9,7 +9,7 @@ from conftest import RedisServer, lockrun_env
 
 NEVER_ON_SKIP = {"psutil", "ctypes", "cronsim", "zoneinfo", "tomllib", "tomli", "urllib.request",
                  "lockrun.admin", "lockrun.admin_cli", "lockrun.doctor", "lockrun.schedule",
-                 "lockrun.monitor"}
+                 "lockrun.monitor", "difflib"}
 
 
 def imported(args: list[str], env: dict[str, str]) -> set[str]:
