@@ -1,5 +1,5 @@
 """Allow ``python -m lockrun``."""
 
-from lockrun.cli import main
+from lockrun.entry import main
 
 main()

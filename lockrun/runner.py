@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 from lockrun.config import Config
+from lockrun.entry import long_lived
 from lockrun.errors import LockrunError, RedisUnavailable
 from lockrun.exitcodes import ExitCode, from_wait_status
 from lockrun.output import Reporter
@@ -221,6 +222,7 @@ class Supervisor:
                 _release(self.lease, cfg, self.out, exc.exit_code, "exec-failed")
             self.hooks.finished(exc.exit_code)
             raise
+        long_lived()
         started = time.monotonic()
         timeout_at = started + cfg.timeout if cfg.timeout is not None else None
         while True:
