@@ -9,7 +9,7 @@ bare ``import redis``, all against a private redis-server on a unix socket.
 
 It prints figures and asserts nothing: a failed sanity check is a warning line.
 
-    python bench/bench.py [--runs N | --quick] [--json FILE]
+    python bench/bench.py [--runs N | --quick] [--json FILE] [--output FILE] [--no-scenarios]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -47,6 +48,8 @@ RUN_KEY = "bench-run"
 SKIP_FIRE_KEY = f"lockrun:{{{SKIP_KEY}}}:fire:{SKIP_FIRE}"
 SKIP_HIST_KEY = f"lockrun:{{{SKIP_KEY}}}:hist"
 IMPORT_REDIS = "python -c 'import redis'"
+IMPORT_REDIS_NO_GC = "import redis, GC held off (as lockrun)"
+GC_OFF_IMPORT = "import gc; gc.disable(); import redis; gc.freeze()"
 SKIP_CASE = "lockrun skip (done fire)"
 RUN_CASE = "lockrun run (fresh fire)"
 
@@ -425,6 +428,9 @@ def build_cases(lockrun: Argv, url: str, tmp: Path) -> tuple[list[Case], list[st
     cases = [
         Case("python -c pass", lambda _: [py, "-c", "pass"]),
         Case(IMPORT_REDIS, lambda _: [py, "-c", "import redis"]),
+        # lockrun.entry holds the cyclic GC off during start-up, which also makes its own
+        # import of redis cheaper: this floor shows lockrun's overhead without that gain
+        Case(IMPORT_REDIS_NO_GC, lambda _: [py, "-c", GC_OFF_IMPORT]),
         Case(SKIP_CASE, lambda _: fire_argv(lockrun, url, SKIP_KEY, SKIP_FIRE)),
         Case(RUN_CASE, lambda tag: fire_argv(lockrun, url, RUN_KEY, f"run-{tag}")),
         Case("lockrun --help", lambda _: [*lockrun, "--help"]),
@@ -512,6 +518,183 @@ def post_check(server: RedisServer, runs: int, probe: RssProbe | None, hist_len:
         warnings.append("skip fire's history grew while measuring: some skip runs did not skip")
 
 
+@dataclass
+class Scenario:
+    """A fleet-level figure: many processes or a failure, timed end to end."""
+
+    name: str
+    setup: str
+    results: dict[str, float | int | str]
+    ok: bool
+    check: str
+
+
+CONTENDERS = 200
+CONTENTION_ROUNDS = 3
+FAIL_ROUNDS = 5
+TAKEOVER_TTLS = (1.0, 3.0)
+TAKEOVER_POLL_S = 0.05
+
+
+def contention(lockrun: Argv, url: str, env: dict[str, str], tmp: Path) -> Scenario:
+    """200 servers' lockruns on one fire at once: exactly one job runs, and all exit 0."""
+    walls: list[float] = []
+    cpus: list[float] = []
+    bad_runs = 0
+    exits: Counter[int] = Counter()
+    for r in range(CONTENTION_ROUNDS):
+        marker = tmp / f"contention-{r}"
+        argv = [*lockrun, "-k", "bench-contention", "--fire", f"c{r}", "--redis-url", url,
+                "--", "sh", "-c", f'echo ran >> "{marker}"']
+        cpu0 = _children_cpu()
+        start = time.perf_counter()
+        procs = [subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for _ in range(CONTENDERS)]
+        codes = [p.wait(CHECK_TIMEOUT_S) for p in procs]
+        walls.append((time.perf_counter() - start) * 1000)
+        cpus.append((_children_cpu() - cpu0) * 1000 / CONTENDERS)
+        runs = len(marker.read_text().splitlines()) if marker.exists() else 0
+        bad_runs += runs != 1
+        exits.update(codes)
+    return Scenario(
+        f"contention: {CONTENDERS} lockruns on one fire",
+        f"{CONTENDERS} processes started back to back, {CONTENTION_ROUNDS} rounds (one fire "
+        "each); job appends a line to a file",
+        {"wall_until_all_exited_ms_median": round(statistics.median(walls), 1),
+         "wall_until_all_exited_ms_max": round(max(walls), 1),
+         "cpu_ms_per_process_median": round(statistics.median(cpus), 1),
+         "rounds_with_not_exactly_one_run": bad_runs,
+         "exit_codes": ", ".join(f"{c}: {n}" for c, n in sorted(exits.items()))},
+        bad_runs == 0 and set(exits) == {0}, "exactly one run per round, every process exit 0")
+
+
+def _children_cpu() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def time_to_fail(lockrun: Argv, env: dict[str, str], binary: str, tmp: Path) -> list[Scenario]:
+    """Redis refusing connections, and Redis blackholed (SIGSTOPped), with default settings."""
+    found = []
+    refused = f"redis://127.0.0.1:{_free_port()}/0"
+    stopped_dir = tmp / "stopped"
+    stopped_dir.mkdir()
+    port = _free_port()
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(stopped_dir), "--logfile", str(stopped_dir / "redis.log")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        probe = redis.Redis(port=port, socket_timeout=1)
+        deadline = time.monotonic() + START_DEADLINE_S
+        while True:
+            try:
+                probe.ping()
+                break
+            except redis.exceptions.RedisError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the redis-server to blackhole did not start") from None
+                time.sleep(0.01)
+        probe.close()
+        server.send_signal(signal.SIGSTOP)
+        for label, url, bound in (("refused", refused, 1.0),
+                                  ("blackholed", f"redis://127.0.0.1:{port}/0", 5.0)):
+            walls, codes, lines = [], [], []
+            for i in range(FAIL_ROUNDS):
+                argv = [*lockrun, "-k", "bench-fail", "--fire", f"f{i}", "--redis-url", url,
+                        "--", "true"]
+                start = time.perf_counter()
+                done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL,
+                                      capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
+                walls.append(time.perf_counter() - start)
+                codes.append(done.returncode)
+                lines.append(len(done.stderr.splitlines()))
+            found.append(Scenario(
+                f"time to fail: Redis {label}",
+                ("nothing listens on the port" if label == "refused" else
+                 "redis-server SIGSTOPped: the kernel accepts, nothing answers") +
+                f"; default --redis-timeout; {FAIL_ROUNDS} runs",
+                {"wall_s_median": round(statistics.median(walls), 3),
+                 "wall_s_max": round(max(walls), 3),
+                 "exit_codes": ",".join(sorted({str(c) for c in codes})),
+                 "stderr_lines": ",".join(sorted({str(n) for n in lines}))},
+                max(walls) < bound and set(codes) == {75} and set(lines) == {1},
+                f"exit 75 with one stderr line, every run under {bound:g}s"))
+    finally:
+        server.send_signal(signal.SIGCONT)
+        server.kill()
+        server.wait()
+    return found
+
+
+def takeover(lockrun: Argv, url: str, env: dict[str, str], tmp: Path) -> list[Scenario]:
+    """The holder SIGKILLed mid-job: how long until another server's next fire runs.
+
+    The overlap guard keeps the next fires off while the holder lives; killed, it
+    stops renewing, and the guard expires one ttl after the last renewal, which
+    was at most ttl/3 before the kill. A contender polls, as a fleet of crontabs
+    would, with a new lockrun every TAKEOVER_POLL_S.
+    """
+    found = []
+    for ttl in TAKEOVER_TTLS:
+        key = f"bench-takeover-{ttl:g}"
+        started, took = tmp / f"{key}.started", tmp / f"{key}.took"
+        holder = subprocess.Popen(
+            [*lockrun, "-k", key, "--fire", "f0", "--ttl", f"{ttl:g}s", "--redis-url", url,
+             "--", "sh", "-c", f'touch "{started}"; exec sleep 60'],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + CHECK_TIMEOUT_S
+        while not started.exists():
+            if time.monotonic() > deadline or holder.poll() is not None:
+                raise RuntimeError("the takeover holder's job did not start")
+            time.sleep(0.01)
+        held = subprocess.run(
+            [*lockrun, "-k", key, "--fire", "f1", "--ttl", f"{ttl:g}s", "--redis-url", url,
+             "--", "touch", str(took)], env=env, capture_output=True, timeout=CHECK_TIMEOUT_S)
+        guarded = held.returncode == 0 and not took.exists()
+        holder.kill()
+        killed = time.perf_counter()
+        holder.wait()
+        attempts = 0
+        while not took.exists() and time.perf_counter() - killed < ttl + 30:
+            attempts += 1
+            subprocess.run([*lockrun, "-k", key, "--fire", f"f{attempts + 1}", "--ttl",
+                            f"{ttl:g}s", "--redis-url", url, "--", "touch", str(took)],
+                           env=env, capture_output=True, timeout=CHECK_TIMEOUT_S)
+            if not took.exists():
+                time.sleep(TAKEOVER_POLL_S)
+        elapsed = time.perf_counter() - killed
+        found.append(Scenario(
+            f"takeover after SIGKILL, --ttl {ttl:g}s",
+            "holder runs `sleep 60` under the overlap guard; SIGKILL to lockrun; a contender "
+            f"starts a new fire every {TAKEOVER_POLL_S * 1000:g} ms until one runs",
+            {"takeover_s": round(elapsed, 3), "contender_attempts": attempts,
+             "guard_held_while_alive": str(guarded)},
+            guarded and took.exists() and ttl * 2 / 3 * 0.95 <= elapsed <= ttl + 5.0,
+            "a contender is kept off while the holder lives, and runs between 2/3 of a ttl "
+            "and one ttl (plus start-up) after the kill"))
+    return found
+
+
+def print_scenarios(scenarios: list[Scenario]) -> None:
+    for sc in scenarios:
+        print(f"  {sc.name}: " + ", ".join(f"{k}={v}" for k, v in sc.results.items()))
+        print(f"    {sc.setup}")
+        print(f"    check ({sc.check}): {'ok' if sc.ok else 'FAILED'}")
+
+
 def summarize(case: Case) -> Summary:
     walls = [s.wall_ms for s in case.samples]
     cpus = [s.cpu_ms for s in case.samples]
@@ -544,6 +727,7 @@ def print_table(summaries: list[Summary]) -> None:
 def ratios(by_name: dict[str, Summary]) -> dict[str, float]:
     """The lockrun cases relative to ``import redis``: how far above the unavoidable floor."""
     base, skip, run = by_name[IMPORT_REDIS], by_name[SKIP_CASE], by_name[RUN_CASE]
+    same_gc = by_name[IMPORT_REDIS_NO_GC]
 
     def ratio(a: float, b: float) -> float:
         return a / b if b else float("nan")
@@ -553,6 +737,8 @@ def ratios(by_name: dict[str, Summary]) -> dict[str, float]:
         "CPU(run)/CPU(import redis)": ratio(run.cpu_median_ms, base.cpu_median_ms),
         "RSS(skip)/RSS(import redis)": ratio(skip.maxrss_median_kib, base.maxrss_median_kib),
         "RSS(run)/RSS(import redis)": ratio(run.maxrss_median_kib, base.maxrss_median_kib),
+        "CPU(skip)/CPU(import redis, GC off)": ratio(skip.cpu_median_ms, same_gc.cpu_median_ms),
+        "CPU(run)/CPU(import redis, GC off)": ratio(run.cpu_median_ms, same_gc.cpu_median_ms),
         "wall(skip)/wall(import redis)": ratio(skip.wall_median_ms, base.wall_median_ms),
         "wall(run)/wall(import redis)": ratio(run.wall_median_ms, base.wall_median_ms),
     }
@@ -579,6 +765,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                        help=f"measured rounds per case (default {DEFAULT_RUNS})")
     group.add_argument("--quick", action="store_true", help=f"same as --runs {QUICK_RUNS}")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write results as JSON")
+    parser.add_argument("--output", type=Path, metavar="FILE",
+                        help="also write what is printed to FILE (bench/results.txt is the "
+                             "copy kept in the repository)")
+    parser.add_argument("--no-scenarios", action="store_true",
+                        help="only the per-invocation table (skip contention, time to fail "
+                             "and takeover)")
     args = parser.parse_args(argv)
     if args.quick:
         args.runs = QUICK_RUNS
@@ -587,8 +779,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+class Tee:
+    """stdout that is also written to a file, so the kept copy is exactly what was printed."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = path.open("w")
+        self.out = sys.stdout
+
+    def write(self, text: str) -> int:
+        self.file.write(text)
+        return self.out.write(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+        self.out.flush()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.output:
+        sys.stdout = Tee(args.output)
     binary = shutil.which("redis-server")
     if binary is None:
         print("bench: redis-server not found on PATH", file=sys.stderr)
@@ -619,6 +829,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             hist_len = server.xlen(SKIP_HIST_KEY)
             measure_all(server, cases, args.runs, env, probe)
             post_check(server, args.runs, probe, hist_len, warnings)
+            scenarios: list[Scenario] = []
+            if not args.no_scenarios:
+                scenarios.append(contention(lockrun, server.url, env, tmp))
+                scenarios += time_to_fail(lockrun, env, binary, tmp)
+                scenarios += takeover(lockrun, server.url, env, tmp)
         finally:
             server.stop()
     own_peak = own_peak_rss_kib()
@@ -642,13 +857,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     rat = ratios({s.name: s for s in summaries})
     print("ratios (medians, same run):")
     for name, value in rat.items():
-        print(f"  {name:<30} {value:5.2f}")
+        print(f"  {name:<36} {value:5.2f}")
     print()
     print("Redis traffic per invocation (CONFIG RESETSTAT, run once, INFO commandstats; MONITOR):")
     for label, inv in invocations.items():
         print(f"  {label}:")
         for line in format_invocation(inv):
             print(f"    {line}")
+
+    if scenarios:
+        print()
+        print("fleet scenarios:")
+        print_scenarios(scenarios)
+        warnings += [f"scenario check failed: {sc.name}" for sc in scenarios if not sc.ok]
 
     if args.json:
         result = {
@@ -662,6 +883,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "summary": [asdict(s) for s in summaries],
             "ratios": rat,
             "redis_traffic": {label: asdict(inv) for label, inv in invocations.items()},
+            "scenarios": [asdict(sc) for sc in scenarios],
             "samples": {c.name: [asdict(s) for s in c.samples] for c in cases},
         }
         args.json.write_text(json.dumps(result, indent=2) + "\n")
