@@ -632,6 +632,18 @@ class FaultCtx:
         return self.fleet.launch(starts, lambda s: at + s.delay, self.args, self.redis.url,
                                  self.log, role, job_sleep)
 
+    def start_winner(self, fid: str, at: float,
+                     job_sleep: float) -> tuple[list[Start], Proc, Run | None]:
+        """Plan one fire, start its first server alone and wait for its job to start.
+
+        Returns the plan (the others start later, as each fault decides), the
+        winner, and its run (None if the job never started: the fault is then
+        not applied).
+        """
+        plan = self.plan()
+        winner = self.spawn(plan[0], at + plan[0].delay, "winner", job_sleep)
+        return plan, winner, self.wait_job_start(fid, winner)
+
     def runs_of(self, fid: str) -> list[Run]:
         return [r for r in read_runs(self.log) if r.fire == fid]
 
@@ -679,9 +691,7 @@ def fault_crash(ctx: FaultCtx, at: float, retry: bool) -> FaultFire:
     """SIGKILL the winning lockrun mid-run, after every other server has skipped."""
     fid = fire_id(at)
     ff = FaultFire(fid, expected=2 if retry else 1)
-    plan = ctx.plan()
-    w = ctx.spawn(plan[0], at + plan[0].delay, "winner", job_sleep=60)
-    run = ctx.wait_job_start(fid, w)
+    plan, w, run = ctx.start_winner(fid, at, job_sleep=60)
     if run is None:
         return _not_applied(ctx, ff, w)
     ff.outcomes += ctx.fleet.collect(ctx.launch(plan[1:], at, "late"))
@@ -719,9 +729,7 @@ def fault_kill_child(ctx: FaultCtx, at: float) -> FaultFire:
     """SIGKILL the job itself; the late servers arrive after lockrun has recorded the end."""
     fid = fire_id(at)
     ff = FaultFire(fid, expected=1)
-    plan = ctx.plan()
-    w = ctx.spawn(plan[0], at + plan[0].delay, "winner", job_sleep=30)
-    run = ctx.wait_job_start(fid, w)
+    plan, w, run = ctx.start_winner(fid, at, job_sleep=30)
     if run is None:
         return _not_applied(ctx, ff, w)
     os.kill(run.pid, signal.SIGKILL)
@@ -738,9 +746,7 @@ def fault_restart(ctx: FaultCtx, at: float) -> FaultFire:
     """Crash-restart Redis while the winner runs; the late servers arrive after the restart."""
     fid = fire_id(at)
     ff = FaultFire(fid, expected=1)
-    plan = ctx.plan()
-    w = ctx.spawn(plan[0], at + plan[0].delay, "winner", job_sleep=3)
-    run = ctx.wait_job_start(fid, w)
+    plan, w, run = ctx.start_winner(fid, at, job_sleep=3)
     if run is None:
         return _not_applied(ctx, ff, w)
     ctx.redis.holder(RUNNING_KEY).crash_restart()
@@ -757,9 +763,7 @@ def fault_pause(ctx: FaultCtx, at: float, ttl: float) -> FaultFire:
     """SIGSTOP Redis for longer than the ttl while the winner runs, then SIGCONT."""
     fid = fire_id(at)
     ff = FaultFire(fid, expected=1)
-    plan = ctx.plan()
-    w = ctx.spawn(plan[0], at + plan[0].delay, "winner", job_sleep=6)
-    run = ctx.wait_job_start(fid, w)
+    plan, w, run = ctx.start_winner(fid, at, job_sleep=6)
     if run is None:
         return _not_applied(ctx, ff, w)
     node = ctx.redis.holder(RUNNING_KEY)
@@ -781,9 +785,7 @@ def fault_client_kill(ctx: FaultCtx, at: float) -> FaultFire:
     """CLIENT KILL TYPE normal right after the acquire, and again after the first renewal."""
     fid = fire_id(at)
     ff = FaultFire(fid, expected=1)
-    plan = ctx.plan()
-    w = ctx.spawn(plan[0], at + plan[0].delay, "winner", job_sleep=3)
-    run = ctx.wait_job_start(fid, w)
+    plan, w, run = ctx.start_winner(fid, at, job_sleep=3)
     if run is None:
         return _not_applied(ctx, ff, w)
     admin: Any = ctx.redis.holder(RUNNING_KEY).client()
@@ -885,9 +887,7 @@ def fault_failover(ctx: FaultCtx, at: float) -> FaultFire:
     # documented data-loss case, not this fault.
     if not wait_until(lambda: node.execute_command("WAIT", 1, 100) == 1, FIRE_DEADLINE_S):
         ff.notes.append("the replica never caught up before the fire")
-    plan = ctx.plan()
-    w = ctx.spawn(plan[0], at + plan[0].delay, "winner", job_sleep=6)
-    run = ctx.wait_job_start(fid, w)
+    plan, w, run = ctx.start_winner(fid, at, job_sleep=6)
     if run is None:
         return _not_applied(ctx, ff, w)
     acked = wait_until(lambda: node.execute_command("WAIT", 1, 100) == 1, 3.0)
