@@ -45,6 +45,9 @@ class Config:
     wait_timeout: float = 1.0
     strict_replicas: bool = False
 
+    def __post_init__(self) -> None:
+        _check_timing(self)
+
     @property
     def ttl_ms(self) -> int:
         return int(self.ttl * 1000)
@@ -57,3 +60,36 @@ class Config:
 
             keep = max(keep, hold_until_next(self.slot, now))
         return int(keep * 1000)
+
+
+RENEWALS_PER_TTL = 3
+"""The lease is renewed every ttl/3: a renewal that times out still leaves time to retry."""
+
+
+def _check_timing(cfg: Config) -> None:
+    """Refuse settings under which a claimed fire could run unprotected.
+
+    Everything that can block between the claim and the job's start, or
+    between two renewals, is bounded by the Redis timeout (and WAIT by its own
+    timeout). If those do not fit in the lease, a slow Redis reply lets the
+    claim expire while this server still acts on it, and a second server can
+    start the same fire.
+    """
+    from lockrun.durations import format_duration as fmt
+    from lockrun.errors import UsageError
+
+    if cfg.ttl < RENEWALS_PER_TTL * cfg.redis_timeout:
+        raise UsageError(
+            f"--ttl {fmt(cfg.ttl)} is too short for --redis-timeout {fmt(cfg.redis_timeout)}: "
+            f"the ttl must be at least {RENEWALS_PER_TTL} times the Redis timeout, so a renewal "
+            f"that times out can be retried before the lease expires; use --ttl "
+            f"{fmt(RENEWALS_PER_TTL * cfg.redis_timeout)} or more, or --redis-timeout "
+            f"{fmt(cfg.ttl / RENEWALS_PER_TTL)} or less")
+    if cfg.wait_replicas:
+        needed = cfg.wait_timeout + cfg.redis_timeout
+        if needed > cfg.ttl / RENEWALS_PER_TTL:
+            raise UsageError(
+                f"--wait-timeout {fmt(cfg.wait_timeout)} does not fit in --ttl {fmt(cfg.ttl)}: "
+                f"the job must start with at least 2/3 of its lease left, so --wait-timeout "
+                f"plus --redis-timeout ({fmt(needed)}) must be at most ttl/3; use --ttl "
+                f"{fmt(RENEWALS_PER_TTL * needed)} or more, or a shorter --wait-timeout")

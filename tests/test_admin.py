@@ -23,7 +23,8 @@ def test_history_answers_who_ran_each_fire_and_how(redis_server: RedisServer, ke
     run_lockrun("-k", key, "--fire", "f2", "--timeout", "0.2s", "--", "sleep", "30",
                 url=redis_server.url)
     started = tmp_path / "started"
-    crashed = start_lockrun("-k", key, "--fire", "f3", "--ttl", "1s", "--", "sh", "-c",
+    crashed = start_lockrun("-k", key, "--fire", "f3", "--ttl", "1s",
+                            "--redis-timeout", "300ms", "--", "sh", "-c",
                             f"touch {started}; sleep 60", url=redis_server.url)
     wait_for(started.exists, 30, "f3 to start")
     crashed.send_signal(signal.SIGKILL)

@@ -105,7 +105,8 @@ def test_wait_replicas_waits_on_the_node_of_the_jobs_slot(cluster: Cluster, key:
 def test_a_cluster_failover_during_a_job_is_survived(cluster: Cluster, key: str,
                                                      tmp_path: Path) -> None:
     started = tmp_path / "started"
-    proc = start_lockrun("-k", key, "--fire", "f1", "--ttl", "3s", "--", "sh", "-c",
+    proc = start_lockrun("-k", key, "--fire", "f1", "--ttl", "3s",
+                         "--redis-timeout", "1s", "--", "sh", "-c",
                          f"touch {started}; sleep 8; exit 3", url=cluster.url)
     wait_for(started.exists, 30, "the job to start")
     old = cluster.holder(_job_key(key))

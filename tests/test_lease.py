@@ -39,7 +39,8 @@ def test_50_contenders_run_each_fire_exactly_once(redis_server: RedisServer, key
 def test_renewal_keeps_a_short_lease_through_a_long_job(redis_server: RedisServer, key: str,
                                                         tmp_path: Path) -> None:
     started = tmp_path / "started"
-    winner = start_lockrun("-k", key, "--fire", "f1", "--ttl", "2s", "--", "sh", "-c",
+    winner = start_lockrun("-k", key, "--fire", "f1", "--ttl", "2s",
+                           "--redis-timeout", "600ms", "--", "sh", "-c",
                            f"touch {started}; sleep 7; exit 5", url=redis_server.url)
     wait_for(started.exists, 30, "the job to start")
     deadline = time.monotonic() + 5
@@ -58,7 +59,8 @@ def test_done_record_stops_a_late_server(redis_server: RedisServer, key: str,
                                          tmp_path: Path) -> None:
     log = tmp_path / "runs.log"
     cmd = ["sh", "-c", f"echo ran >> {log}"]
-    assert run_lockrun("-k", key, "--fire", "f1", "--ttl", "1s", "--", *cmd,
+    assert run_lockrun("-k", key, "--fire", "f1", "--ttl", "1s",
+                       "--redis-timeout", "300ms", "--", *cmd,
                        url=redis_server.url).returncode == 0
     # Well after the 1s ttl would have expired a deleted-on-release lock:
     r = redis_server.client()
@@ -100,7 +102,8 @@ def test_overlap_guard_skips_the_next_fire_while_one_runs(redis_server: RedisSer
 def test_lost_lease_with_on_lost_kill_stops_the_job(redis_server: RedisServer, key: str,
                                                     tmp_path: Path) -> None:
     started = tmp_path / "started"
-    proc = start_lockrun("-k", key, "--fire", "f1", "--ttl", "1s", "--on-lost", "kill",
+    proc = start_lockrun("-k", key, "--fire", "f1", "--ttl", "1s",
+                         "--redis-timeout", "300ms", "--on-lost", "kill",
                          "--kill-after", "2s", "--", "sh", "-c",
                          f"touch {started}; sleep 60", url=redis_server.url)
     wait_for(started.exists, 30, "the job to start")
@@ -116,7 +119,8 @@ def test_lost_lease_with_on_lost_kill_stops_the_job(redis_server: RedisServer, k
 def test_lost_lease_with_on_lost_warn_says_so_and_keeps_the_exit_code(
         redis_server: RedisServer, key: str, tmp_path: Path) -> None:
     started, release = tmp_path / "started", tmp_path / "release"
-    proc = start_lockrun("-q", "-k", key, "--fire", "f1", "--ttl", "1s", "--", "sh", "-c",
+    proc = start_lockrun("-q", "-k", key, "--fire", "f1", "--ttl", "1s",
+                         "--redis-timeout", "300ms", "--", "sh", "-c",
                          f"touch {started}; while [ ! -e {release} ]; do sleep 0.05; done; exit 3",
                          url=redis_server.url)
     wait_for(started.exists, 30, "the job to start")

@@ -167,7 +167,7 @@ def test_a_crashed_winner_is_retried_by_the_next_tick(redis_server: RedisServer,
                                                       tmp_path: Path) -> None:
     started, log = tmp_path / "started", tmp_path / "runs"
     args = ("-k", key, "--schedule", "*/30 * * * *", "--tz", "UTC", "--grace", "20m", "--ttl",
-            "1s", "--max-skew", "0", "--", "sh", "-c")
+            "1s", "--redis-timeout", "300ms", "--max-skew", "0", "--", "sh", "-c")
     crashed = start_lockrun(*args, f"echo crashed >> {log}; touch {started}; sleep 300",
                             url=redis_server.url,
                             env=faketime_env(redis_server.url, "@2026-11-22 03:00:05"))

@@ -34,7 +34,8 @@ def test_a_failover_during_a_job_is_survived_or_reported(sentinels: SentinelSet,
                                                          tmp_path: Path) -> None:
     started = tmp_path / "started"
     old = sentinels.primary_port()
-    proc = start_lockrun("-k", key, "--fire", "f1", "--ttl", "3s", "--", "sh", "-c",
+    proc = start_lockrun("-k", key, "--fire", "f1", "--ttl", "3s", "--redis-timeout", "1s",
+                         "--", "sh", "-c",
                          f"touch {started}; sleep 8; exit 3", url=sentinels.url)
     wait_for(started.exists, 30, "the job to start")
     old_primary = redis.Redis(port=old, socket_timeout=5)

@@ -103,7 +103,8 @@ def test_processes_left_behind_by_the_job_are_stopped(redis_server: RedisServer,
 
 def test_on_lost_kill_stops_the_whole_tree(redis_server: RedisServer, key: str,
                                            tmp_path: Path) -> None:
-    proc = start_lockrun("-k", key, "--fire", "f1", "--ttl", "1s", "--on-lost", "kill",
+    proc = start_lockrun("-k", key, "--fire", "f1", "--ttl", "1s", "--redis-timeout", "300ms",
+                         "--on-lost", "kill",
                          "--kill-after", "1s", "--", "sh", "-c", _tree_script(tmp_path, "wait"),
                          url=redis_server.url)
     wait_for((tmp_path / "started").exists, 30, "the job to start")

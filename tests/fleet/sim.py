@@ -294,8 +294,9 @@ class Fleet:
         # The monotonic clock is faked too (shifted, still ticking at real speed): with
         # FAKETIME_DONT_FAKE_MONOTONIC=1 libfaketime makes Python's time.sleep() fail with
         # EINVAL, which redis-py's cluster client calls when the cluster is down.
+        # LOCKRUN_REDIS_TIMEOUT: the ttls here are 2-3s, and lockrun wants ttl >= 3 x timeout.
         env.update(LD_PRELOAD=libs[0], FAKETIME_DONT_FAKE_MONOTONIC="0", FAKETIME_NO_CACHE="1",
-                   TZ="UTC", LOCKRUN_CONFIG="")
+                   TZ="UTC", LOCKRUN_CONFIG="", LOCKRUN_REDIS_TIMEOUT="600ms")
         self.base_env = env
         self.live: list[Proc] = []
         self.job_pids: set[int] = set()
