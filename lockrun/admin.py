@@ -44,7 +44,7 @@ class FireRun:
     """One fire as the history tells it, newest first in listings."""
 
     fire: str
-    outcome: str  # ran | running | crashed | lost | skipped-too-late | cancelled | ...
+    outcome: str  # ran | running | crashed | lost | skipped-too-late | cancelled | given-back | ...
     host: str = ""
     owner: str = ""
     fence: str = ""
@@ -122,6 +122,9 @@ class Admin:
                 run.outcome = "lost"
             elif event == "skip":
                 run.outcome = f"skipped-{fields.get('reason', 'skip')}"
+                run.end_ms = at_ms
+            elif event == "abandon":  # claimed, not started, handed back to the fleet
+                run.outcome = "given-back"
                 run.end_ms = at_ms
         rows = [runs[i] for i in reversed(order)][:limit]
         for row in rows:

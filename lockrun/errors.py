@@ -23,11 +23,15 @@ class RedisUnavailable(LockrunError):
     """
 
     exit_code: int = ExitCode.REDIS_UNAVAILABLE
+    reply_lost: bool = False
+    """The request was sent but no reply came: a script may have run all the same."""
 
-    def __init__(self, message: str, exit_code: int | None = None) -> None:
+    def __init__(self, message: str, exit_code: int | None = None,
+                 reply_lost: bool = False) -> None:
         super().__init__(message)
         if exit_code is not None:
             self.exit_code = exit_code
+        self.reply_lost = reply_lost
 
 
 class CommandNotFound(LockrunError):

@@ -36,6 +36,9 @@ ACQUIRE_SCRIPT = """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local owner, ttl, guard = ARGV[1], ARGV[2], ARGV[3]
+if string.find(redis.call('INFO', 'replication'), 'role:slave', 1, true) then
+  return {'replica', 0, now_ms, '', ''}
+end
 local h = redis.call('HMGET', KEYS[1], 'owner', 'state', 'fence', 'host', 'start')
 if h[1] then
   if h[1] == owner and h[2] == 'running' then
@@ -150,20 +153,24 @@ return {'lost', now_ms}
 """
 
 
-# Gives back a claim this server must not act on (too few replicas have it):
-# the fire is left unclaimed, not done, so a later tick may still run it.
+# Gives back a claim this server must not act on (a stop signal before the job
+# started, too few replicas, an acquire whose reply was lost, a command that
+# could not be executed): the fire is left unclaimed, not done, so another
+# server or a later tick may still run it. Only a running claim that is still
+# ours is removed, and only then is the give-back written to the history, so
+# a give-back after a lost reply that never claimed leaves no trace.
 ABANDON_SCRIPT = """
-local released = 0
-if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  released = 1
+local h = redis.call('HMGET', KEYS[1], 'owner', 'state')
+if h[1] ~= ARGV[1] or h[2] ~= 'running' then
+  return {0}
 end
+redis.call('DEL', KEYS[1])
 if ARGV[3] == '1' and redis.call('HGET', KEYS[2], 'owner') == ARGV[1] then
   redis.call('DEL', KEYS[2])
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'event', 'abandon',
   'fire', ARGV[4], 'owner', ARGV[1], 'host', ARGV[5], 'pid', ARGV[6], 'reason', ARGV[8])
-return {released}
+return {1}
 """
 
 
@@ -200,7 +207,7 @@ def new_owner() -> str:
 class Acquired:
     """Outcome of an acquire: ``won`` or the reason this server skips."""
 
-    status: str  # ok | held | done | overlap
+    status: str  # ok | held | done | overlap | replica
     fence: int
     server_ms: int
     holder_host: str = ""
@@ -318,6 +325,7 @@ class LockClient:
     def __init__(self, url: str, timeout: float, error_exit_code: int,
                  password: str | None = None, tls: TlsFiles | None = None) -> None:
         self.url = url
+        self.timeout = timeout
         self.error_exit_code = error_exit_code
         self._shas: dict[str, str] = {}
         common: dict[str, Any] = {
@@ -393,18 +401,28 @@ class LockClient:
             raise self._unavailable(exc) from exc
 
     def wait(self, key: str, replicas: int, timeout_ms: int) -> int:
-        """Redis WAIT on the connection that last wrote *key*.
+        """Redis WAIT on the connection that last wrote *key*, read with a long enough timeout.
 
         WAIT only counts the writes of the connection it is sent on. The pools
-        hand back the most recently used connection, so in a cluster sending
-        it to the node that serves *key*'s slot reuses the acquire's connection.
+        hand back the most recently used connection (LIFO), so taking one from
+        the pool of the node that serves *key*'s slot reuses the acquire's
+        connection. The server holds the reply for up to *timeout_ms*, so the
+        read waits that long plus the usual Redis timeout instead of failing
+        with "Timeout reading from socket" when WAIT legitimately takes its time.
         """
         try:
             if self.cluster:
-                node = self._redis.get_node_from_key(key)
-                return int(self._redis.execute_command("WAIT", replicas, timeout_ms,
-                                                       target_nodes=node))
-            return int(self._execute("WAIT", replicas, timeout_ms))
+                pool = self._redis.get_node_from_key(key).redis_connection.connection_pool
+            else:
+                if self._redis is None and self._factory is not None:
+                    self._redis = self._factory()
+                pool = self._redis.connection_pool
+            conn = pool.get_connection()
+            try:
+                conn.send_command("WAIT", replicas, timeout_ms)
+                return int(conn.read_response(timeout=timeout_ms / 1000 + self.timeout))
+            finally:
+                pool.release(conn)
         except CLIENT_ERRORS as exc:
             raise self._unavailable(exc) from exc
 
@@ -445,7 +463,11 @@ class LockClient:
                     f"Redis at {redact(self.url)} refused lockrun's script: the user may not "
                     f"run {denied} (grant +{denied.lower()} on keys matching the prefix)",
                     self.error_exit_code) from exc
-            raise self._unavailable(exc) from exc
+            unavailable = self._unavailable(exc)
+            # a timeout after the connection was made: the script may have run
+            unavailable.reply_lost = (isinstance(exc, redis.exceptions.TimeoutError)
+                                      and "connecting" not in str(exc))
+            raise unavailable from exc
         if not isinstance(reply, list):
             raise self._unavailable(RuntimeError(f"unexpected script reply {reply!r}"))
         return reply
@@ -508,6 +530,13 @@ class Lease:
             self._args(self.ttl_ms, local_ms),
         )
         result = Acquired(str(r[0]), int(r[1]), int(r[2]), str(r[3]), str(r[4]))
+        if result.status == "replica":
+            # a replica with replica-read-only no would take the claim, and the
+            # primary would never see it: two servers could both win the fire
+            raise RedisUnavailable(
+                f"Redis at {redact(self.client.url)} is a replica, not a primary: lockrun "
+                "claims fires only on a primary (point --redis-url at the primary, or use "
+                "redis+sentinel://)", self.client.error_exit_code)
         if result.won:
             self.fence = result.fence
         return result
@@ -530,10 +559,12 @@ class Lease:
         """How many replicas acknowledged our claim (WAIT counts this connection's writes)."""
         return self.client.wait(self.keys["fire"], replicas, timeout_ms)
 
-    def abandon(self, reason: str) -> None:
+    def abandon(self, reason: str) -> bool:
+        """Give the claim back unstarted; True if a claim of ours was removed."""
         k = self.keys
-        self.client.call_retrying(ABANDON_SCRIPT, [k["fire"], k["running"], k["hist"]],
-                                  self._args(0, reason))
+        r = self.client.call_retrying(ABANDON_SCRIPT, [k["fire"], k["running"], k["hist"]],
+                                      self._args(0, reason))
+        return bool(r[0] == 1)
 
     def release(self, retention_ms: int, exit_code: int, outcome: str) -> bool:
         """Record the end of the fire; False when the claim was no longer ours."""

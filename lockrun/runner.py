@@ -21,14 +21,27 @@ if TYPE_CHECKING:
     from lockrun.schedule import Slot
 
 CHILD_ENV = ("LOCKRUN_KEY", "LOCKRUN_FIRE", "LOCKRUN_FENCE", "LOCKRUN_OWNER")
+SECRET_ENV = ("LOCKRUN_REDIS_PASSWORD",)
+"""lockrun's own secrets: never handed to the job and everything it starts."""
+
+
+def child_environment(cfg: Config) -> dict[str, str]:
+    """The job's environment: ours, minus lockrun's secrets, plus the fire's identity."""
+    from lockrun.output import redact
+
+    env = {k: v for k, v in os.environ.items() if k not in CHILD_ENV and k not in SECRET_ENV}
+    url = env.get("LOCKRUN_REDIS_URL")
+    if url is not None and redact(url) != url:
+        del env["LOCKRUN_REDIS_URL"]  # it carries a password
+    env["LOCKRUN_KEY"] = cfg.key
+    env["LOCKRUN_FIRE"] = cfg.fire
+    return env
 
 
 def run(cfg: Config, out: Reporter) -> int:
     """Return the exit status for the whole invocation (see exitcodes.ExitCode)."""
     hooks = _hooks(cfg, out)
-    env = {k: v for k, v in os.environ.items() if k not in CHILD_ENV}
-    env["LOCKRUN_KEY"] = cfg.key
-    env["LOCKRUN_FIRE"] = cfg.fire
+    env = child_environment(cfg)
     program = resolve_command(cfg.command, env)
     client = LockClient(cfg.redis_url, cfg.redis_timeout, cfg.error_exit_code,
                         cfg.redis_password, cfg.tls)
@@ -48,15 +61,19 @@ def run(cfg: Config, out: Reporter) -> int:
             if inbox.pending:
                 return ExitCode.SIGNAL_BASE + inbox.pending[0]
         lease = _lease(cfg, client, guard=cfg.overlap == "skip")
-        acquired_at = time.monotonic()
+        # The lease runs from the moment the request leaves, not from the reply:
+        # Redis may have set the key's expiry up to a whole round trip earlier.
+        claimed_at = time.monotonic()
         sent = time.time()
         try:
             acq = lease.acquire()
         except RedisUnavailable as exc:
             hooks.redis_unusable()
+            if exc.reply_lost:
+                _give_back_lost_reply(lease)
             return _redis_down(cfg, out, exc, program, env, inbox, hooks)
         _check_clock(cfg, out, (sent + time.time()) / 2 - acq.server_ms / 1000,
-                     time.monotonic() - acquired_at)
+                     time.monotonic() - claimed_at)
         if not acq.won:
             out.info(_skip_reason(cfg, acq))
             hooks.skipped()
@@ -69,12 +86,68 @@ def run(cfg: Config, out: Reporter) -> int:
         env["LOCKRUN_OWNER"] = lease.owner
         if inbox.pending:  # told to stop before the job could start
             sig = inbox.pending[0]
-            _release(lease, cfg, out, ExitCode.SIGNAL_BASE + sig, "cancelled")
+            _give_back(lease, cfg, out, f"stop signal {signal.Signals(sig).name} before the "
+                                        "job started")
             return ExitCode.SIGNAL_BASE + sig
-        return Supervisor(cfg, out, inbox, lease, acquired_at, hooks).run(program, env)
+        lease_from = _still_ours(cfg, out, lease, claimed_at)
+        if lease_from is None:
+            hooks.redis_unusable()
+            return cfg.error_exit_code
+        return Supervisor(cfg, out, inbox, lease, lease_from, hooks).run(program, env)
     finally:
         inbox.close()
         client.close()
+
+
+def _still_ours(cfg: Config, out: Reporter, lease: Lease, claimed_at: float) -> float | None:
+    """Right before the job starts: is the claim still ours, with most of its ttl left?
+
+    Nothing between the claim and this point may block past the Redis timeout
+    (and --wait-timeout), and the CLI refuses settings where those do not fit
+    in ttl/3. This check makes the rule hold even when a step ran slower than
+    its bound (a stopped process, a loaded machine): past ttl/3, a renewal
+    proves the claim is still ours before the job is started. Returns the
+    moment the lease is counted from, or None when the job must not start.
+    """
+    if time.monotonic() - claimed_at < cfg.ttl / 3:
+        return claimed_at
+    renew_sent = time.monotonic()
+    try:
+        renewed = lease.renew()
+    except RedisUnavailable as exc:
+        out.error(f"{exc}; cannot confirm the claim on {cfg.key} fire {cfg.fire} before "
+                  "starting the job, not running it")
+        _give_back(lease, cfg, out, "claim not confirmed before the start")
+        return None
+    if not renewed.ok:
+        out.error(f"lost the claim on {cfg.key} fire {cfg.fire} before the job started "
+                  f"({renewed.reason}); not running it")
+        return None
+    return renew_sent
+
+
+def _give_back(lease: Lease, cfg: Config, out: Reporter, reason: str) -> None:
+    """Leave the fire unclaimed, not done, so another server or a later tick can run it."""
+    try:
+        lease.abandon(reason)
+    except RedisUnavailable as exc:
+        out.error(f"{exc}; could not give back fire {cfg.fire} of {cfg.key}: other servers "
+                  f"skip it until its claim expires within {cfg.ttl:g}s")
+
+
+def _give_back_lost_reply(lease: Lease) -> None:
+    """An acquire that failed may still have run: give back a claim we never heard of.
+
+    With the reply lost (a timeout, a dropped connection), the script may
+    have claimed the fire; left alone, that claim makes every other server
+    skip for a whole ttl while this one does not run the job, and the fire
+    runs nowhere. The give-back compares the owner, so it removes only our
+    own claim, and it runs on a new connection (the failed one was closed).
+    """
+    try:
+        lease.abandon("the reply to the claim was lost")
+    except RedisUnavailable:
+        pass  # Redis is still unusable; the caller reports that once
 
 
 class NoHooks:
@@ -139,10 +212,7 @@ def _replicated(cfg: Config, out: Reporter, lease: Lease) -> bool:
         out.warning(f"{detail}; running {cfg.key} anyway (a failover now could lose the claim)")
         return True
     out.error(f"{detail}; not running {cfg.key} (--strict-replicas)")
-    try:
-        lease.abandon("too few replicas")
-    except RedisUnavailable:
-        pass  # the claim then expires after the ttl
+    _give_back(lease, cfg, out, "too few replicas")
     return False
 
 
@@ -214,14 +284,18 @@ class Supervisor:
 
     def run(self, program: str, env: dict[str, str]) -> int:
         cfg = self.cfg
-        self.hooks.started(self.lease.owner if self.lease else "")
         try:
             child = Child(cfg.command, program, env)
         except LockrunError as exc:
+            # Nothing ran: give the fire back so a server that can run it does
+            # (a missing interpreter on this host only, say), instead of
+            # recording it done.
             if self.lease is not None:
-                _release(self.lease, cfg, self.out, exc.exit_code, "exec-failed")
-            self.hooks.finished(exc.exit_code)
+                _give_back(self.lease, cfg, self.out, f"cannot execute the command: {exc}")
             raise
+        # After the spawn: the start ping and the metrics write may be slow, and
+        # must never hold the job back while its lease ticks.
+        self.hooks.started(self.lease.owner if self.lease else "")
         long_lived()
         started = time.monotonic()
         timeout_at = started + cfg.timeout if cfg.timeout is not None else None

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RedisServer, lockrun_env, run_lockrun
+from conftest import RedisServer, history, lockrun_env, run_lockrun
 
 
 @pytest.mark.parametrize("code", [0, 1, 3, 42, 255])
@@ -72,17 +72,22 @@ def test_command_not_executable_is_126(redis_server: RedisServer, key: str,
     assert r.returncode == 126
 
 
-def test_exec_failure_after_acquire_is_recorded(redis_server: RedisServer, key: str,
-                                                tmp_path: Path) -> None:
-    """Executable bit set but not a valid program: found, then exec fails."""
+def test_exec_failure_after_acquire_gives_the_fire_back(redis_server: RedisServer, key: str,
+                                                       tmp_path: Path) -> None:
+    """Executable bit set but not a valid program: found, then exec fails.
+
+    Nothing ran, so the fire is not recorded done: a server that can run the
+    command may still claim it, and the history says why this one gave it back.
+    """
     bogus = tmp_path / "bogus"
     bogus.write_bytes(b"\x7fELF garbage")
     bogus.chmod(0o755)
     r = run_lockrun("-k", key, "--fire", "f1", "--", str(bogus), url=redis_server.url)
     assert r.returncode == 126
-    record = redis_server.client().hgetall(f"lockrun:{{{key}}}:fire:f1")
-    assert record["state"] == "done" and record["outcome"] == "exec-failed"
-    assert record["exit"] == "126"  # a plain number, not the enum's repr
+    assert not redis_server.client().exists(f"lockrun:{{{key}}}:fire:f1")
+    events = history(redis_server, key)
+    assert [e["event"] for e in events] == ["start", "abandon"]
+    assert "cannot execute the command" in events[-1]["reason"]
 
 
 def test_timeout_gives_124(redis_server: RedisServer, key: str) -> None:
