@@ -70,6 +70,10 @@ class Reporter:
         data = f"<{priority}>lockrun[{os.getpid()}]: {line}".encode(errors="replace")
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                # A syslog daemon that stops reading fills the socket's queue; a
+                # blocking send would then hold the supervision loop, and with it
+                # the lease renewals. A message dropped is better than a lost lease.
+                sock.setblocking(False)
                 sock.connect(path)
                 sock.send(data)
         except OSError as exc:

@@ -362,3 +362,25 @@ def test_the_job_never_sees_lockruns_redis_password(redis_server: RedisServer, k
         assert password not in dump.read_text()
     finally:
         redis_server.client().acl_deluser(user)
+
+
+def test_a_syslog_that_stops_reading_never_blocks_lockrun(redis_server: RedisServer, key: str,
+                                                          tmp_path: Path) -> None:
+    path = str(tmp_path / "log.sock")
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stuck.bind(path)  # a syslog daemon that never reads again
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    filler.setblocking(False)
+    filler.connect(path)
+    try:
+        with pytest.raises(BlockingIOError):
+            for _ in range(100_000):
+                filler.send(b"<78>filler: x" * 10)
+        env = lockrun_env(redis_server.url, LOCKRUN_SYSLOG_SOCKET=path)
+        r = run_lockrun("--syslog", "-k", key, "--", "sh", "-c", "exit 3", url=redis_server.url,
+                        env=env, timeout=60)
+    finally:
+        filler.close()
+        stuck.close()
+    assert r.returncode == 3
+    assert r.stderr.count("cannot write to syslog") == 1, r.stderr
