@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 CHILD_ENV = ("LOCKRUN_KEY", "LOCKRUN_FIRE", "LOCKRUN_FENCE", "LOCKRUN_OWNER")
 SECRET_ENV = ("LOCKRUN_REDIS_PASSWORD",)
 """lockrun's own secrets: never handed to the job and everything it starts."""
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT})
 
 
 def child_environment(cfg: Config) -> dict[str, str]:
@@ -293,6 +294,8 @@ class Supervisor:
             if self.lease is not None:
                 _give_back(self.lease, cfg, self.out, f"cannot execute the command: {exc}")
             raise
+        if child.unprotected:
+            self.out.warning(f"{cfg.key}: " + "; ".join(child.unprotected))
         # After the spawn: the start ping and the metrics write may be slow, and
         # must never hold the job back while its lease ticks.
         self.hooks.started(self.lease.owner if self.lease else "")
@@ -304,6 +307,8 @@ class Supervisor:
             for sig in self.inbox.take():
                 if sig != signal.SIGCHLD:
                     child.forward(sig)
+                    if sig in STOP_SIGNALS:  # as timeout(1): a stopped job must see it
+                        child.forward(signal.SIGCONT)
             now = time.monotonic()
             if status is not None:
                 if not child.leftovers():

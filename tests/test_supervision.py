@@ -7,6 +7,7 @@ import pty
 import select
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -195,3 +196,131 @@ def test_cron_like_environment_without_a_terminal(redis_server: RedisServer, key
                        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
                        start_new_session=True)
     assert (r.returncode, r.stdout, r.stderr) == (2, "", "")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def test_sigterm_reaches_the_jobs_whole_group_so_a_trap_runs_at_once(
+        redis_server: RedisServer, key: str, tmp_path: Path) -> None:
+    """A shell runs its trap only once its foreground command ends: that command must get it too."""
+    started = tmp_path / "started"
+    proc = start_lockrun("-k", key, "--fire", "f1", "--", "sh", "-c",
+                         f'trap "exit 7" TERM; touch {started}; sleep 120; exit 0',
+                         url=redis_server.url)
+    job = 0
+    try:
+        wait_for(started.exists, 30, "the job to start")
+        wait_for(lambda: _children(proc.pid), 10, "the job's process")
+        job = _children(proc.pid)[0]
+        wait_for(lambda: any(_comm(p) == "sleep" for p in _children(job)), 10,
+                 "the job's sleep to run")
+        sent = time.monotonic()
+        proc.terminate()
+        assert proc.wait(20) == 7
+        assert time.monotonic() - sent < 20
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        if job:
+            try:
+                os.killpg(job, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    record = redis_server.client().hgetall(f"lockrun:{{{key}}}:fire:f1")
+    assert record["state"] == "done" and record["exit"] == "7"
+
+
+EMBEDDED = """
+import signal, sys
+from lockrun.cli import main
+
+def mine(signum, frame):
+    pass
+
+for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGCHLD):
+    signal.signal(sig, mine)
+sys.argv = ["lockrun", "-k", sys.argv[1], "--", "true"]
+try:
+    main()
+except SystemExit as exc:
+    print("exit", exc.code)
+kept = [signal.getsignal(s) is mine for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGCHLD)]
+print("kept" if all(kept) else f"replaced {kept}")
+"""
+
+
+def test_a_python_program_running_lockrun_keeps_its_own_signal_handlers(
+        redis_server: RedisServer, key: str) -> None:
+    r = subprocess.run([sys.executable, "-c", EMBEDDED, key],
+                       env=lockrun_env(redis_server.url, LOCKRUN_CONFIG=""),
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.split("\n")[:2] == ["exit 0", "kept"], r.stderr
+
+
+STORM = """
+import os, signal
+from lockrun.supervise import MAX_PENDING, SignalInbox
+
+inbox = SignalInbox()
+os.kill(os.getpid(), signal.SIGTERM)
+for _ in range(5000):
+    os.kill(os.getpid(), signal.SIGUSR1)
+    os.kill(os.getpid(), signal.SIGUSR2)
+    os.kill(os.getpid(), signal.SIGHUP)
+pending = list(inbox.pending)
+inbox.close()
+print(len(pending) <= MAX_PENDING, [signal.Signals(s).name for s in pending])
+"""
+
+
+def test_a_signal_storm_leaves_one_entry_per_signal_with_the_first_stop_signal_first() -> None:
+    r = subprocess.run([sys.executable, "-c", STORM], capture_output=True, text=True,
+                       timeout=60)
+    assert r.stdout.strip() == "True ['SIGTERM', 'SIGUSR1', 'SIGUSR2', 'SIGHUP']", r.stderr
+
+
+def test_a_prctl_the_kernel_refuses_is_reported_not_ignored() -> None:
+    """lockrun warns when the subreaper or parent-death signal is not set: it must see the error."""
+    import errno
+
+    from lockrun.supervise import _libc_prctl
+
+    pr_set_pdeathsig, pr_get_dumpable = 1, 3
+    assert _libc_prctl(pr_set_pdeathsig, 100000) == errno.EINVAL  # no such signal
+    assert _libc_prctl(pr_get_dumpable, 0) == 0  # a call that works (and changes nothing)
+
+
+def test_a_stop_signal_reaches_a_stopped_job_without_a_terminal(redis_server: RedisServer,
+                                                                key: str,
+                                                                tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    proc = start_lockrun("-k", key, "--", "sh", "-c", f"touch {started}; sleep 120",
+                         url=redis_server.url)
+    wait_for(started.exists, 30, "the job to start")
+    wait_for(lambda: _children(proc.pid), 10, "the job's process")
+    pgid = os.getpgid(_children(proc.pid)[0])
+    os.killpg(pgid, signal.SIGSTOP)  # an operator paused it, as with kill -STOP
+    wait_for(lambda: _state(_children(proc.pid)[0]) == "T", 10, "the job to stop")
+    proc.send_signal(signal.SIGTERM)
+    # A stopped process only sees SIGTERM once continued; lockrun continues it.
+    assert proc.wait(30) == 128 + signal.SIGTERM
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
