@@ -139,36 +139,3 @@ def test_strict_replicas_gives_the_claim_back(own_redis: RedisServer, key: str,
     assert run_lockrun("-k", key, "--fire", "f1", "--", "sh", "-c", "exit 5",
                        url=own_redis.url).returncode == 5
 
-
-def _documented_acl() -> list[str]:
-    """The ACL rule line exactly as README.md gives it to operators."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    line = next(x for x in readme.splitlines() if x.startswith("ACL SETUSER lockrun on"))
-    return line.split()[3:]  # after "ACL SETUSER lockrun"
-
-
-def test_the_documented_acl_user_can_do_everything_lockrun_does(own_redis: RedisServer,
-                                                                key: str) -> None:
-    from conftest import faketime_env
-
-    rules = ["on" if r == "on" else ">pw" if r.startswith(">") else r for r in _documented_acl()]
-    own_redis.client().execute_command("ACL", "SETUSER", "lockrun",  # type: ignore[no-untyped-call]
-                                       "reset", *rules)
-    url = f"unix://lockrun:pw@{own_redis.socket}"
-    own_redis.client().script_flush()  # the EVAL fallback must be allowed too
-    assert run_lockrun("-k", key, "--fire", "f1", "--", "sh", "-c", "exit 3",
-                       url=url).returncode == 3
-    assert run_lockrun("-k", key, "--fire", "f1", "-E", "7", "--", "true",
-                       url=url).returncode == 7
-    late = run_lockrun("-k", key, "--schedule", "0 3 * * *", "--tz", "UTC", "--max-skew", "0",
-                       "-E", "5", "--", "true", url=url,
-                       env=faketime_env(url, "@2026-11-22 04:00:00"))
-    assert (late.returncode, late.stderr) == (5, "")
-    for verb in (["status"], ["status", key], ["history", key], ["doctor"]):
-        r = run_lockrun(*verb, url=url)
-        assert r.returncode == 0, (verb, r.stdout, r.stderr)
-    assert run_lockrun("unlock", key, "--fire", "f1", "--yes", url=url).returncode == 0
-    denied = own_redis.client()
-    denied.execute_command("ACL", "SETUSER", "lockrun", "-xadd")  # type: ignore[no-untyped-call]
-    r = run_lockrun("-k", key, "--fire", "f2", "--", "true", url=url)
-    assert r.returncode == 75 and "may not run XADD" in r.stderr
