@@ -14,7 +14,15 @@ from typing import Any
 import click
 
 from lockrun.errors import UsageError
-from lockrun.options import apply, connection_options, duration, env, password, tls_files
+from lockrun.options import (
+    PlainInt,
+    apply,
+    connection_options,
+    duration,
+    env,
+    password,
+    tls_files,
+)
 
 _connection_options = apply([
     *connection_options(),
@@ -79,7 +87,7 @@ def status(key: str | None, as_json: bool, **options: Any) -> None:
 
 @admin.command()
 @click.argument("key")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True,
+@click.option("--limit", type=PlainInt(1, 10_000), default=20, show_default=True,
               help="How many fires to show.")
 @click.option("--schedule", metavar="EXPR", help="The job's schedule: also list scheduled "
                                                 "fires that left no trace (ran-nowhere).")
@@ -94,13 +102,17 @@ def history(key: str, limit: int, schedule: str | None, tz: str | None, grace: f
     """Recent fires of KEY: who ran each, when, and how it ended."""
     from lockrun.fire import validate_name
 
+    expected = None
+    if schedule is not None:  # a bad schedule or zone is a usage error before Redis is asked
+        from lockrun.schedule import normalise, validate, zone_from
+
+        zone = zone_from(tz)
+        validate(schedule, zone, time.time())
+        expected = (normalise(schedule), zone)
     adm = _admin(options)
     rows = adm.history(validate_name(key, "key"), limit)
-    if schedule is not None:
-        from lockrun.schedule import normalise, zone_from
-
-        rows = adm.with_expected(rows, normalise(schedule), zone_from(tz), time.time(), limit,
-                                 grace)
+    if expected is not None:
+        rows = adm.with_expected(rows, *expected, time.time(), limit, grace)
     if as_json:
         click.echo(json.dumps([r.to_json() for r in rows], indent=2))
         return

@@ -14,6 +14,7 @@ from lockrun.configfile import load as load_settings
 from lockrun.errors import LockrunError, UsageError
 from lockrun.exitcodes import ExitCode
 from lockrun.options import (
+    PlainInt,
     apply,
     connection_options,
     duration,
@@ -27,7 +28,7 @@ from lockrun.options import (
 from lockrun.output import Reporter, Verbosity
 
 DURATION = duration()
-EXIT_CODE = click.IntRange(0, 255)
+EXIT_CODE = PlainInt(0, 255)
 CONTEXT = {
     "help_option_names": ["-h", "--help"],
     "allow_interspersed_args": False,
@@ -105,9 +106,9 @@ class _Command(click.Command):
 @click.option("--error-exit-code", type=EXIT_CODE, default=75, metavar="N",
               **env("ERROR_EXIT_CODE"),
               help="Exit status when Redis cannot be used.  [default: 75]")
-@click.option("--jitter", **DURATION, default="0", **env("JITTER"),
+@click.option("--jitter", **duration(maximum=3600.0), default="0", **env("JITTER"),
               help="Random delay before acquiring; the fire id is fixed first.  [default: 0]")
-@click.option("--wait-replicas", type=click.IntRange(0, 64), default=0, metavar="N",
+@click.option("--wait-replicas", type=PlainInt(0, 64), default=0, metavar="N",
               **env("WAIT_REPLICAS"),
               help="After claiming, wait until N replicas have the claim (Redis WAIT); warn "
                    "if fewer do.  [default: 0]")
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     out = Reporter()
     try:
         args = sys.argv[1:] if argv is None else argv
-        settings = load_settings({p.name for p in wrapper.params
+        settings = load_settings({p.name: p for p in wrapper.params
                                   if p.name and isinstance(p, click.Option) and not p.is_eager})
         defaults = {k: v for k, v in settings.values.items() if k not in EXTRA_SETTINGS}
         if _is_admin(args):

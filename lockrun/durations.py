@@ -5,21 +5,45 @@ import re
 from lockrun.errors import UsageError
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
+# [0-9], not \d: \d also matches Arabic-Indic and other Unicode digits. At most
+# 12 digits before the point: anything longer is far beyond MAX_DURATION anyway,
+# and float() never sees a 400-digit number.
+_DURATION = re.compile(r"([0-9]{1,12}(?:\.[0-9]{1,9})?)(ms|s|m|h|d)?", re.ASCII)
+
+MAX_DURATION = 366 * 86400.0
+"""The cap of every DURATION (366d): past it, a value is a typo, and Redis expiries,
+select() and timers would overflow or keep keys for millennia."""
 
 
 def parse_duration(text: str, what: str = "duration") -> float:
     """Parse ``90``, ``90s``, ``1.5s``, ``500ms``, ``10m``, ``2h``, ``1d`` into seconds.
 
-    A bare number means seconds, as in timeout(1) and flock(1).
+    A bare number means seconds, as in timeout(1) and flock(1). No sign, no
+    exponent, no nan or inf: what cron lines need, and nothing that can
+    overflow.
     """
-    match = _DURATION.fullmatch(text.strip())
+    match = _DURATION.fullmatch(text.strip(" \t"))
     if match is None:
+        long_digits = re.fullmatch(r"[0-9]{13,}(?:\.[0-9]*)?(ms|s|m|h|d)?", text, re.ASCII)
+        if long_digits:
+            raise UsageError(f"invalid {what}: a number of {len(text)} characters is far "
+                             f"beyond the maximum of {format_duration(MAX_DURATION)}")
         raise UsageError(
-            f"invalid {what} {text!r}: expected a number with an optional unit "
+            f"invalid {what} {shown(text)}: expected a number with an optional unit "
             "ms, s, m, h or d (for example 90, 90s, 10m, 2h, 1d)"
         )
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if seconds > MAX_DURATION:
+        raise UsageError(f"invalid {what} {shown(text)}: the maximum is "
+                         f"{format_duration(MAX_DURATION)}")
+    return seconds
+
+
+def shown(text: str, limit: int = 40) -> str:
+    """*text* quoted for a one-line message: escapes control characters, cuts long values."""
+    if len(text) > limit:
+        return repr(text[:limit]) + f"... ({len(text)} characters)"
+    return repr(text)
 
 
 def format_duration(seconds: float) -> str:

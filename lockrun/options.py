@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -14,13 +15,24 @@ from lockrun.errors import UsageError
 
 def duration(minimum: float = 0.0, maximum: float | None = None, positive: bool = False,
               why: str = "") -> dict[str, Any]:
-    """A DURATION option whose range is checked where the value's source is still known."""
+    """A DURATION option whose range is checked where the value's source is still known.
+
+    Every duration has a maximum (MAX_DURATION unless *maximum* is tighter), so
+    no value can overflow a Redis expiry or a timer later, after a claim.
+    """
+    from lockrun.durations import MAX_DURATION
+
+    cap = MAX_DURATION if maximum is None else min(maximum, MAX_DURATION)
 
     def convert(ctx: click.Context, param: click.Parameter, value: Any) -> float | None:
         if value is None:
             return None
         from lockrun.durations import format_duration, parse_duration
 
+        if isinstance(value, (float, bool)):
+            # only the configuration file can hand over a non-string; 1e16 must not pass
+            raise click.BadParameter("must be a string such as \"90s\" or a whole number of "
+                                     "seconds", ctx, param)
         try:
             seconds = parse_duration(str(value))
         except UsageError as exc:
@@ -30,11 +42,28 @@ def duration(minimum: float = 0.0, maximum: float | None = None, positive: bool 
         if seconds < minimum:
             raise click.BadParameter(f"must be at least {format_duration(minimum)}{why}", ctx,
                                      param)
-        if maximum is not None and seconds > maximum:
-            raise click.BadParameter(f"must be at most {format_duration(maximum)}", ctx, param)
+        if seconds > cap:
+            raise click.BadParameter(f"must be at most {format_duration(cap)}", ctx, param)
         return seconds
 
     return {"callback": convert, "metavar": "DURATION"}
+
+
+class PlainInt(click.IntRange):
+    """A whole number in a range, in ASCII digits only.
+
+    click's IntRange uses int(), which also takes '٣' (an Arabic-Indic three),
+    ' 3', '3\n' and '1_0': input that should be refused, not guessed at.
+    """
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not re.fullmatch(r"[0-9]{1,6}", value, re.ASCII):
+            from lockrun.durations import shown
+
+            self.fail(f"{shown(value)} is not a number from {self.min} to {self.max}",
+                      param, ctx)
+        return super().convert(value, param, ctx)
 
 
 def name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -63,10 +92,31 @@ def password(settings: FileSettings | None) -> str | None:
 
 
 def http_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An http(s) URL with a host: a ping that can never arrive must not pass for one."""
     if value is None:
         return None
-    if not value.startswith(("http://", "https://")):
-        raise click.BadParameter("must be an http:// or https:// URL", ctx, param)
+    from urllib.parse import urlsplit
+
+    from lockrun.output import redact_url
+
+    problem = ""
+    if re.search(r"[\x00-\x20\x7f]", value):
+        problem = "contains a space or a control character"
+    else:
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+        except ValueError:
+            problem = "has an invalid host or port"
+        else:
+            if parts.scheme.lower() not in ("http", "https") or "://" not in value:
+                problem = "must be an http:// or https:// URL"
+            elif not parts.hostname:
+                problem = "has no host"
+    if problem:
+        from lockrun.durations import shown
+
+        raise click.BadParameter(f"{shown(redact_url(value), 80)} {problem}", ctx, param)
     return value
 
 
@@ -74,19 +124,42 @@ def writable_dir(ctx: click.Context, param: click.Parameter, value: str | None) 
     """Checked up front: a metrics file that silently never appears helps no one."""
     if value is None:
         return None
+    from lockrun.durations import shown
+
     if not os.path.isdir(value):
-        raise click.BadParameter(f"{value}: no such directory", ctx, param)
+        raise click.BadParameter(f"{shown(value, 200)}: no such directory", ctx, param)
     if not os.access(value, os.W_OK | os.X_OK):
-        raise click.BadParameter(f"{value}: not writable", ctx, param)
+        raise click.BadParameter(f"{shown(value, 200)}: not writable", ctx, param)
     return value
 
 
 def readable_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A regular file: a FIFO or a device would block or feed the TLS library garbage."""
     if value is None:
         return None
-    if not os.path.isfile(value) or not os.access(value, os.R_OK):
-        raise click.BadParameter(f"{value}: not a readable file", ctx, param)
+    import stat
+
+    from lockrun.durations import shown
+
+    try:
+        regular = stat.S_ISREG(os.stat(value).st_mode)
+    except (OSError, ValueError):
+        regular = False
+    if not regular or not os.access(value, os.R_OK):
+        raise click.BadParameter(f"{shown(value, 200)}: not a readable file", ctx, param)
     return value
+
+
+def redis_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Checked before anything connects; the message shows the URL with its password hidden."""
+    if value is None:
+        return None
+    from lockrun.redisurl import normalise
+
+    try:
+        return normalise(value) if isinstance(value, str) else normalise(str(value))
+    except UsageError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
 
 
 def tls_files(options: dict[str, Any]) -> Any:
@@ -107,7 +180,7 @@ def connection_options() -> list[Any]:
     """Where Redis is and how lockrun's keys are named: the wrapper's and the verbs'."""
     return [
         click.option("--redis-url", metavar="URL", default="redis://localhost:6379/0",
-                     **env("REDIS_URL"),
+                     callback=redis_url, **env("REDIS_URL"),
                      help="redis://, rediss://, unix://, redis+sentinel:// or redis+cluster:// "
                           "URL.  [default: redis://localhost:6379/0]"),
         click.option("--redis-timeout", default="2s", **env("REDIS_TIMEOUT"),

@@ -4,12 +4,39 @@ import re
 import sys
 from enum import IntEnum
 
-_PASSWORD_IN_URL = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/]*):(?P<pw>[^@/]*)@")
+_URL_TOKEN = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<rest>[^\s]*)")
+_PLAIN_USER = re.compile(r"[A-Za-z0-9._~-]*", re.ASCII)
 
 
 def redact(text: str) -> str:
-    """Hide the password of any Redis URL inside *text*."""
-    return _PASSWORD_IN_URL.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    """Hide the userinfo password of every URL inside *text*, whatever the URL's shape.
+
+    Redaction must not depend on the URL being valid: it runs on messages
+    about malformed URLs too. Every URL-looking token (any scheme, any case)
+    loses everything up to its last '@', the only character that can end a
+    password, so a raw '/', ':', '@' or '%' in the password cannot shorten
+    what is hidden.
+    """
+    return _URL_TOKEN.sub(lambda m: m["scheme"] + _hide_userinfo(m["rest"]), text)
+
+
+def redact_url(url: str) -> str:
+    """*url* (one whole value, spaces included) with its password replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return _hide_userinfo(url)
+    return f"{scheme}{sep}{_hide_userinfo(rest)}"
+
+
+def _hide_userinfo(rest: str) -> str:
+    """USER:***@ when the user name is plainly one; otherwise ***@ (it may be a password)."""
+    userinfo, at, after = rest.rpartition("@")
+    if not at:
+        return rest
+    user, colon, _ = userinfo.partition(":")
+    if colon and _PLAIN_USER.fullmatch(user):
+        return f"{user}:***@{after}"
+    return f"***@{after}"
 
 
 class Verbosity(IntEnum):

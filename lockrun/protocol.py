@@ -24,6 +24,8 @@ from redis.retry import Retry
 
 from lockrun.errors import RedisUnavailable, UsageError
 from lockrun.output import redact
+from lockrun.redisurl import RedisURL
+from lockrun.redisurl import parse as parse_redis_url
 
 HISTORY_MAXLEN = 1000
 """Approximate cap of the per-job history stream (``XADD MAXLEN ~``)."""
@@ -230,38 +232,49 @@ def _sha(script: str) -> str:
 
 
 CLUSTER_SCHEME = "redis+cluster://"
-_CLUSTER_URL = re.compile(
-    r"redis\+cluster://(?:(?P<user>[^:@/]*)(?::(?P<password>[^@/]*))?@)?(?P<hosts>[^/@]+)/?")
 CLIENT_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
 
 
-def _hosts(text: str) -> list[tuple[str, int]]:
-    hosts = []
-    for item in text.split(","):
-        host, _, port = item.strip().rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"address {item!r} is not HOST:PORT")
-        hosts.append((host, int(port)))
-    return hosts
+def _hosts(url: RedisURL) -> list[tuple[str, int]]:
+    """The checked HOST:PORT list of a Sentinel or Cluster URL, as redis-py takes it."""
+    return list(url.hosts)
 
 
-def _auth(user: str | None, url_password: str | None, password: str | None) -> dict[str, Any]:
-    from urllib.parse import unquote
-
+def _auth(url: RedisURL, password: str | None) -> dict[str, Any]:
+    """A password in the URL wins over LOCKRUN_REDIS_PASSWORD and the file, as documented."""
     auth: dict[str, Any] = {}
-    if user:
-        auth["username"] = unquote(user)
-    if url_password or password:
-        auth["password"] = unquote(url_password) if url_password else password
+    if url.username:
+        auth["username"] = url.username
+    if url.password or password:
+        auth["password"] = url.password or password
     return auth
 
 
-def _cluster_nodes(url: str, password: str | None) -> tuple[list[tuple[str, int]],
-                                                            dict[str, Any]]:
-    match = _CLUSTER_URL.fullmatch(url)
-    if match is None:
-        raise ValueError("expected redis+cluster://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]")
-    return _hosts(match["hosts"]), _auth(match["user"], match["password"], password)
+def _cluster_nodes(url: RedisURL, password: str | None) -> tuple[list[tuple[str, int]],
+                                                                 dict[str, Any]]:
+    return _hosts(url), _auth(url, password)
+
+
+def _direct_client(url: RedisURL, common: dict[str, Any], password: str | None,
+                   tls: TlsFiles | None) -> redis.Redis:
+    """redis://, rediss:// or unix:// from the checked fields, as Redis.from_url would build it.
+
+    The same pool and connection classes as from_url, but no second URL
+    parser: nothing the check refused can reach a socket.
+    """
+    kwargs: dict[str, Any] = {"db": url.db, "decode_responses": True, **common,
+                              **_auth(url, password)}
+    if url.path is not None:
+        kwargs.update(connection_class=redis.UnixDomainSocketConnection, path=url.path)
+    else:
+        host, port = url.hosts[0]
+        kwargs.update(host=host, port=port)
+        if url.tls:
+            kwargs.update(connection_class=redis.SSLConnection,
+                          **(tls.redis_kwargs() if tls else {}))
+    client = redis.Redis(connection_pool=redis.ConnectionPool(**kwargs))
+    client.auto_close_connection_pool = True
+    return client
 
 
 def _cluster_client(nodes: list[tuple[str, int]], auth: dict[str, Any],
@@ -276,9 +289,6 @@ def _cluster_client(nodes: list[tuple[str, int]], auth: dict[str, Any],
 
 
 SENTINEL_SCHEME = "redis+sentinel://"
-_SENTINEL_URL = re.compile(
-    r"redis\+sentinel://(?:(?P<user>[^:@/]*)(?::(?P<password>[^@/]*))?@)?"
-    r"(?P<hosts>[^/@]+)/(?P<service>[^/]+)(?:/(?P<db>\d+))?/?")
 
 
 def _sentinel_primary(url: str, common: dict[str, Any], password: str | None) -> redis.Redis:
@@ -289,15 +299,11 @@ def _sentinel_primary(url: str, common: dict[str, Any], password: str | None) ->
     """
     from redis.sentinel import Sentinel
 
-    match = _SENTINEL_URL.fullmatch(url)
-    if match is None:
-        raise ValueError("expected redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]"
-                         "/SERVICE[/DB]")
-    sentinel = Sentinel(_hosts(match["hosts"]), sentinel_kwargs=dict(common),  # type: ignore[no-untyped-call]
+    parsed = parse_redis_url(url)
+    sentinel = Sentinel(_hosts(parsed), sentinel_kwargs=dict(common),  # type: ignore[no-untyped-call]
                         **common)
-    auth = _auth(match["user"], match["password"], password)
     primary: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        match["service"], db=int(match["db"] or 0), decode_responses=True, **auth)
+        parsed.service, db=parsed.db, decode_responses=True, **_auth(parsed, password))
     return primary
 
 
@@ -324,7 +330,11 @@ class LockClient:
 
     def __init__(self, url: str, timeout: float, error_exit_code: int,
                  password: str | None = None, tls: TlsFiles | None = None) -> None:
-        self.url = url
+        try:
+            parsed = parse_redis_url(url)
+        except UsageError as exc:  # the CLI checked it already; this is for other callers
+            raise UsageError(f"invalid --redis-url {exc}") from None
+        self.url = parsed.shown  # for messages only: the password is ***
         self.timeout = timeout
         self.error_exit_code = error_exit_code
         self._shas: dict[str, str] = {}
@@ -336,25 +346,19 @@ class LockClient:
             "driver_info": None,  # no CLIENT SETINFO round trips either
             "health_check_interval": 0,
         }
-        self.follows_sentinel = url.startswith(SENTINEL_SCHEME)
-        self.cluster = url.startswith(CLUSTER_SCHEME)
+        self.follows_sentinel = parsed.scheme == "redis+sentinel"
+        self.cluster = parsed.scheme == "redis+cluster"
         self._factory: Callable[[], Any] | None = None
-        try:
-            if self.cluster:
-                nodes, auth = _cluster_nodes(url, password)
-                # connecting fetches the slot map, so it waits for the first call,
-                # where failures are mapped like any other
-                self._factory = lambda: _cluster_client(nodes, auth, common)
-                self._redis: Any = None
-            elif self.follows_sentinel:
-                self._redis = _sentinel_primary(url, common, password)
-            else:
-                self._redis = redis.Redis.from_url(
-                    url, decode_responses=True, **common,
-                    **({"password": password} if password else {}),
-                    **(tls.redis_kwargs() if tls else {}))
-        except ValueError as exc:
-            raise UsageError(f"invalid --redis-url {redact(url)!r}: {exc}") from None
+        if self.cluster:
+            nodes, auth = _cluster_nodes(parsed, password)
+            # connecting fetches the slot map, so it waits for the first call,
+            # where failures are mapped like any other
+            self._factory = lambda: _cluster_client(nodes, auth, common)
+            self._redis: Any = None
+        elif self.follows_sentinel:
+            self._redis = _sentinel_primary(url, common, password)
+        else:
+            self._redis = _direct_client(parsed, common, password, tls)
 
     def follow_primary(self) -> None:
         """With Sentinel, reconnect so the next call goes to the primary the sentinels name now.

@@ -53,21 +53,103 @@ def normalise(expr: str) -> str:
 
 
 def zone_from(name: str | None) -> tzinfo:
-    """--tz, else CRON_TZ or TZ, else the system zone (/etc/localtime)."""
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    """--tz, else CRON_TZ or TZ, else the system zone (/etc/localtime).
 
+    Each value is read the way glibc reads TZ, so the schedule lockrun
+    computes is the one cron keeps: a zone name, ``:NAME``, a TZif file as
+    ``:/PATH`` (or ``/PATH``), or a POSIX rule such as ``JST-9`` or
+    ``EST5EDT,M3.2.0,M11.1.0``; a leading colon changes nothing, as in glibc.
+    Whatever none of these accepts is an error naming the value's source:
+    glibc would quietly use UTC instead.
+    """
+    if name == "":
+        raise UsageError("invalid value for --tz: empty; give a zone such as Europe/Berlin, "
+                         "or leave --tz out for $CRON_TZ, $TZ or the system zone")
     for candidate, source in ((name, "--tz"), (os.environ.get("CRON_TZ"), "CRON_TZ"),
                               (os.environ.get("TZ"), "TZ")):
-        if candidate:
-            try:
-                return ZoneInfo(candidate.removeprefix(":"))
-            except (ZoneInfoNotFoundError, ValueError):
-                raise UsageError(f"unknown time zone {candidate!r} (from {source})") from None
+        if candidate:  # an empty variable counts as unset, as it always has
+            return _zone(candidate, source)
+    return _system_zone()
+
+
+def _system_zone() -> tzinfo:
+    from zoneinfo import ZoneInfo
+
     try:
         with open("/etc/localtime", "rb") as f:
             return ZoneInfo.from_file(f, key="localtime")
-    except OSError:
+    except (OSError, ValueError):
         return timezone.utc
+
+
+TZIF_MAX = 1024 * 1024
+"""Real TZif files are a few KiB; the cap keeps a device or a huge file from being read."""
+
+
+def _zone(value: str, source: str) -> tzinfo:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from lockrun.durations import shown
+
+    def unknown(why: str) -> UsageError:
+        return UsageError(f"unknown time zone {shown(value, 60)} (from {source}): {why}")
+
+    if not value.isascii() or not value.isprintable() or " " in value:
+        raise unknown("it holds a space, a control character or a non-ASCII character")
+    text = value.removeprefix(":")
+    if not text:
+        return _system_zone()  # glibc: TZ=":" means the system's default zone
+    if text.startswith("/"):
+        import io
+
+        from lockrun.configfile import read_regular_file
+
+        try:
+            data = read_regular_file(text, "time zone file", TZIF_MAX)
+        except UsageError as exc:
+            raise unknown(str(exc)) from None
+        try:
+            return ZoneInfo.from_file(io.BytesIO(data), key=text)
+        except ValueError:
+            raise unknown(f"{text} is not a TZif time zone file") from None
+    try:
+        return ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        pass
+    zone = posix_zone(text)  # glibc, too, tries a file first, then a rule
+    if zone is None:
+        raise unknown("neither a zone name (like Europe/Berlin) nor a POSIX TZ rule "
+                      "(like UTC0, JST-9 or EST5EDT,M3.2.0,M11.1.0)")
+    return zone
+
+
+US_RULES = ",M3.2.0,M11.1.0"
+"""glibc's rule for a POSIX zone with a DST name but no rule (its posixrules file)."""
+
+
+def posix_zone(rule: str) -> tzinfo | None:
+    """A POSIX TZ rule as a tzinfo, or None if it is not one.
+
+    The stdlib already implements POSIX rules, for the footer of TZif files;
+    a TZif file with no transitions and *rule* as its footer uses the rule
+    for every instant, with zoneinfo's own validation of the string.
+    """
+    import io
+    import struct
+    from zoneinfo import ZoneInfo
+
+    if not rule[:1].isalpha() and not rule.startswith("<"):
+        return None
+    for footer in (rule, rule + US_RULES) if "," not in rule else (rule,):
+        # counts: isutcnt, isstdcnt, leapcnt, timecnt, typecnt, charcnt; one UTC type
+        block = b"TZif2" + bytes(15) + struct.pack(">6l", 0, 0, 0, 0, 1, 1)
+        block += struct.pack(">lBB", 0, 0, 0) + b"\0"
+        data = block + block + b"\n" + footer.encode("ascii") + b"\n"
+        try:
+            return ZoneInfo.from_file(io.BytesIO(data), key=rule)
+        except ValueError:
+            continue
+    return None
 
 
 def current_slot(expr: str, zone: tzinfo, now: float) -> Slot:
