@@ -16,7 +16,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -26,6 +26,9 @@ from lockrun.errors import RedisUnavailable, UsageError
 from lockrun.output import redact
 from lockrun.redisurl import RedisURL
 from lockrun.redisurl import parse as parse_redis_url
+
+if TYPE_CHECKING:
+    from lockrun.sentinel import PrimarySession
 
 HISTORY_MAXLEN = 1000
 """Approximate cap of the per-job history stream (``XADD MAXLEN ~``)."""
@@ -98,6 +101,9 @@ return {1}
 RENEW_SCRIPT = """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if string.find(redis.call('INFO', 'replication'), 'role:slave', 1, true) then
+  return {'replica', now_ms, ''}
+end
 local owner, ttl, guard = ARGV[1], ARGV[2], ARGV[3]
 local h = redis.call('HMGET', KEYS[1], 'owner', 'state')
 local reason = ''
@@ -126,10 +132,15 @@ return {'ok', now_ms, ''}
 # Turns our claim into the done record kept for the retention period: a late
 # server that arrives after we finished must find it and skip. The overlap
 # guard is compare-and-deleted. A second call (retry after a lost reply) finds
-# the record already done and changes nothing.
+# the record already done and changes nothing. Like the acquire and the renewal,
+# it refuses a replica: a demoted primary (or one with replica-read-only no)
+# would accept the record and lose it.
 RELEASE_SCRIPT = """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if string.find(redis.call('INFO', 'replication'), 'role:slave', 1, true) then
+  return {'replica', now_ms}
+end
 local owner, retention, guard = ARGV[1], ARGV[2], ARGV[3]
 local finish = string.format('%.0f', now_ms)
 if guard == '1' and redis.call('HGET', KEYS[2], 'owner') == owner then
@@ -171,6 +182,15 @@ if ARGV[3] == '1' and redis.call('HGET', KEYS[2], 'owner') == ARGV[1] then
   redis.call('DEL', KEYS[2])
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'event', 'abandon',
+  'fire', ARGV[4], 'owner', ARGV[1], 'host', ARGV[5], 'pid', ARGV[6], 'reason', ARGV[8])
+return {1}
+"""
+
+
+# The end was written, but lockrun cannot be sure it stays where the next server
+# looks (a failover under way): said in the history, next to the 'end' event.
+DOUBT_SCRIPT = """
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[7], '*', 'event', 'possible-duplicate',
   'fire', ARGV[4], 'owner', ARGV[1], 'host', ARGV[5], 'pid', ARGV[6], 'reason', ARGV[8])
 return {1}
 """
@@ -292,19 +312,18 @@ SENTINEL_SCHEME = "redis+sentinel://"
 
 
 def _sentinel_primary(url: str, common: dict[str, Any], password: str | None) -> redis.Redis:
-    """A client whose every new connection asks the sentinels for the current primary.
+    """A client whose every new connection goes to the primary the sentinels name now.
 
     The sentinels get the same bounded, retry-free settings as the primary, so
-    a dead sentinel costs one timeout, not a retry loop.
+    a dead sentinel costs one timeout, not a retry loop. See lockrun.sentinel
+    for why this is not redis-py's Sentinel.master_for.
     """
-    from redis.sentinel import Sentinel
+    from lockrun.sentinel import Sentinels, primary_client
 
     parsed = parse_redis_url(url)
-    sentinel = Sentinel(_hosts(parsed), sentinel_kwargs=dict(common),  # type: ignore[no-untyped-call]
-                        **common)
-    primary: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        parsed.service, db=parsed.db, decode_responses=True, **_auth(parsed, password))
-    return primary
+    sentinels = Sentinels(_hosts(parsed), str(parsed.service), dict(common))
+    return primary_client(sentinels, {"db": parsed.db, "decode_responses": True, **common,
+                                      **_auth(parsed, password)})
 
 
 @dataclass(frozen=True)
@@ -365,10 +384,24 @@ class LockClient:
 
         After a failover the old primary accepts writes until it is demoted; a
         live connection to it would renew a claim the new primary lets expire,
-        and write a done record that the demotion then wipes.
+        and write a done record that the demotion then wipes. The new
+        connection asks GET-MASTER-ADDR-BY-NAME and checks the server's role
+        (lockrun.sentinel), each step within the Redis timeout.
         """
         if self.follows_sentinel:
             self._redis.connection_pool.disconnect()
+
+    def primary_session(self, address: tuple[str, int] | None = None) -> PrimarySession:
+        """Sentinel only: a new session on the current primary (or on *address*, if it says
+        it is a primary), for a write and its WAIT."""
+        from lockrun.sentinel import PrimarySession
+
+        kwargs = dict(self._redis.connection_pool.connection_kwargs)
+        sentinels = kwargs.pop("sentinels")
+        try:
+            return PrimarySession(sentinels, kwargs, address)
+        except CLIENT_ERRORS as exc:
+            raise self._unavailable(exc) from exc
 
     def close(self) -> None:
         if self._redis is None:
@@ -546,10 +579,17 @@ class Lease:
         return result
 
     def renew(self) -> Renewed:
+        """One bounded attempt on the primary of the moment; the caller retries until the
+        lease's deadline. A replica's answer is an error, not a loss: the claim may
+        well be alive on the primary the sentinels are about to name."""
         self.client.follow_primary()
         k = self.keys
         r = self.client.call(RENEW_SCRIPT, [k["fire"], k["running"], k["hist"]],
                              self._args(self.ttl_ms))
+        if r[0] == "replica":
+            raise RedisUnavailable(
+                f"Redis at {redact(self.client.url)} answered as a replica: cannot renew the "
+                "lease there", self.client.error_exit_code)
         return Renewed(r[0] == "ok", int(r[1]), str(r[2]))
 
     def record_miss(self, retention_ms: int, late_ms: int) -> bool:
@@ -571,9 +611,120 @@ class Lease:
         return bool(r[0] == 1)
 
     def release(self, retention_ms: int, exit_code: int, outcome: str) -> bool:
-        """Record the end of the fire; False when the claim was no longer ours."""
-        self.client.follow_primary()
+        """Record the end of the fire; False when the claim was no longer ours.
+
+        With Sentinel the record must also stay where the next server looks;
+        when lockrun cannot be sure of that it raises PossibleDuplicate.
+        """
         k = self.keys
-        r = self.client.call_retrying(RELEASE_SCRIPT, [k["fire"], k["running"], k["hist"]],
-                                      self._args(retention_ms, int(exit_code), outcome))
+        keys = [k["fire"], k["running"], k["hist"]]
+        args = self._args(retention_ms, int(exit_code), outcome)
+        if self.client.follows_sentinel:
+            return self._release_confirmed(keys, args)
+        r = self.client.call_retrying(RELEASE_SCRIPT, keys, args)
+        if r[0] == "replica":
+            raise RedisUnavailable(
+                f"Redis at {redact(self.client.url)} answered as a replica: cannot record "
+                "the end there", self.client.error_exit_code)
         return bool(r[0] == "ok")
+
+    def _release_confirmed(self, keys: list[str], args: list[str | int]) -> bool:
+        """Write the done record on the primary the sentinels name, then check that it stays.
+
+        Confirmed means: the script found our claim on a server that says it
+        is a primary, and the record is on every server that could be the
+        primary next: each replica the sentinels expect acknowledged it (WAIT
+        in the same session), or was not even connected and says it is a
+        primary itself (a replica being promoted before any sentinel names
+        it) and got the record too; and the sentinels still name the server
+        afterwards. If they name another one, the failover happened meanwhile
+        and the record is written there (the claim was replicated to it, or
+        the script says it is gone). A bounded number of steps, each within
+        the Redis timeout.
+        """
+        # most of the Redis timeout: the reply must still come within it, and the
+        # sentinels get that long to notice a promotion the WAIT has revealed
+        wait_ms = max(1, int(self.client.timeout * 800))
+        written: list[str] = []
+        doubt = ""  # why the record may not stay, other than replicas short
+        short, short_text = 0, ""  # expected replicas without the record
+        targets: list[tuple[str, int] | None] = [None]  # None: the one the sentinels name
+        for _ in range(RELEASE_STEPS):
+            if not targets:
+                break
+            target = targets.pop(0)
+            try:
+                with self.client.primary_session(target) as session:
+                    where = f"{session.address[0]}:{session.address[1]}"
+                    r = session.execute("EVAL", RELEASE_SCRIPT, len(keys), *keys, *args)
+                    if r[0] == "replica" and target is None:  # demoted since the role check
+                        doubt = f"{where} turned replica before the end was recorded there"
+                        targets = [None]
+                        continue
+                    if r[0] != "ok":
+                        if not written:
+                            return False
+                        doubt = f"the claim was no longer on {where}"
+                        break
+                    written.append(where)
+                    if target is not None:  # a silent replica that is a primary: covered
+                        short -= 1
+                        continue
+                    acked = session.replicas_acknowledged(wait_ms)
+                    moved = not session.still_primary()
+            except (*CLIENT_ERRORS, RedisUnavailable) as exc:
+                failure = exc if isinstance(exc, RedisUnavailable) \
+                    else self.client._unavailable(exc)
+                if not written:
+                    raise failure from exc
+                if target is not None:
+                    continue  # a silent replica that is not a primary: still short
+                doubt = f"it could not be confirmed ({failure})"
+                break
+            if moved:
+                doubt = f"the sentinels stopped naming {where} as primary"
+                targets = [None]
+                continue
+            doubt = ""
+            short = acked.expected - acked.replicas
+            short_text = (f"only {acked.replicas} of {acked.expected} replicas acknowledged "
+                          f"it within {wait_ms} ms")
+            targets = list(acked.silent)
+        if not written:  # every primary we reached had turned replica: nothing recorded
+            raise RedisUnavailable(f"cannot record the end: {doubt}",
+                                   self.client.error_exit_code)
+        if targets and not doubt:
+            doubt = "the primary kept changing"
+        if short > 0 and not doubt:
+            doubt = short_text
+        if doubt:
+            self._say_possible_duplicate(doubt, written)
+        return True
+
+    def _say_possible_duplicate(self, doubt: str, written: list[str]) -> None:
+        """History first (best effort, on the primary of the moment), then the one stderr line."""
+        reason = f"end recorded on {', '.join(written)}, but {doubt}"
+        k = self.keys
+        try:
+            self.client.follow_primary()
+            self.client.call(DOUBT_SCRIPT, [k["hist"]], self._args(0, reason))
+        except RedisUnavailable:
+            pass  # the line below is the report that matters
+        raise PossibleDuplicate(
+            f"possible duplicate run of {self.key} fire {self.fire}: its end was recorded on "
+            f"{', '.join(written)}, but {doubt} (a failover under way?); a "
+            "server that tries this fire after its claim expires may run it again",
+            self.client.error_exit_code)
+
+
+RELEASE_STEPS = 6
+"""Servers the release writes to before it says it cannot be sure: the named primary, the
+silent replicas that turned primary, the primary named after a failover, and again."""
+
+
+class PossibleDuplicate(RedisUnavailable):
+    """The end was written, but maybe not where the next server looks: said, not hidden.
+
+    A RedisUnavailable, so a caller that only knows that one still reports it
+    and still passes the job's exit status through.
+    """

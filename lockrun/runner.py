@@ -13,7 +13,7 @@ from lockrun.entry import long_lived
 from lockrun.errors import LockrunError, RedisUnavailable
 from lockrun.exitcodes import ExitCode, from_wait_status
 from lockrun.output import Reporter
-from lockrun.protocol import Acquired, Lease, LockClient, new_owner
+from lockrun.protocol import Acquired, Lease, LockClient, PossibleDuplicate, new_owner
 from lockrun.supervise import Child, SignalInbox, resolve_command
 
 if TYPE_CHECKING:
@@ -258,6 +258,8 @@ def _release(lease: Lease, cfg: Config, out: Reporter, code: int, outcome: str) 
         if not lease.release(cfg.retention_ms(time.time()), code, outcome):
             out.error(f"lease on {cfg.key} fire {cfg.fire} was lost before the job ended; "
                       "another server may have run this fire too")
+    except PossibleDuplicate as exc:  # recorded, but maybe not where the next server looks
+        out.error(str(exc))
     except RedisUnavailable as exc:
         out.error(f"{exc}; could not record the end of fire {cfg.fire} of {cfg.key}: "
                   f"its claim expires within {cfg.ttl:g}s")

@@ -151,18 +151,31 @@ class RedisServer:
 
 
 class SentinelSet:
-    """A primary, a replica and three sentinels (quorum 2), all on 127.0.0.1."""
+    """A primary, *replicas* replicas and three sentinels (quorum 2), all on 127.0.0.1.
+
+    Two replicas by default: with one, a failover has no other replica to
+    reconfigure, and the sentinels switch in about a second; with two, the
+    window in which they already name the new primary but still list the old
+    one (and the old one still accepts writes) lasts several seconds, which is
+    where a client that follows the wrong answer loses its writes.
+    """
 
     def __init__(self, workdir: Path, *, persistent: bool = False, down_after_ms: int = 2000,
-                 preexec_fn: PreExec = None) -> None:
+                 replicas: int = 2, preexec_fn: PreExec = None) -> None:
         self.service = SENTINEL_SERVICE
-        primary = RedisServer(workdir / "primary", persistent=persistent, preexec_fn=preexec_fn)
+        self.replica_count = replicas
+        # a full sync starts at once instead of after 5 s: many failovers fit in one test
+        fast = ["--repl-diskless-sync-delay", "0"]
+        primary = RedisServer(workdir / "primary", fast, persistent=persistent,
+                              preexec_fn=preexec_fn)
         self.servers = [primary]
         self.sentinels: list[tuple[int, subprocess.Popen[bytes]]] = []
         try:
-            self.servers.append(RedisServer(
-                workdir / "replica", ["--replicaof", "127.0.0.1", str(primary.port)],
-                persistent=persistent, preexec_fn=preexec_fn))
+            for i in range(replicas):
+                self.servers.append(RedisServer(
+                    workdir / f"replica{i}",
+                    [*fast, "--replicaof", "127.0.0.1", str(primary.port)],
+                    persistent=persistent, preexec_fn=preexec_fn))
             for i in range(3):
                 port = free_port()
                 d = workdir / f"sentinel{i}"
@@ -177,8 +190,8 @@ class SentinelSet:
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, preexec_fn=preexec_fn)
                 self.sentinels.append((port, proc))
-            if not wait_until(self._ready, TOPOLOGY_DEADLINE_S, 0.1):
-                raise RuntimeError("the sentinels did not see the replica and each other")
+            if not wait_until(self.settled, TOPOLOGY_DEADLINE_S, 0.1):
+                raise RuntimeError("the sentinels did not see the replicas and each other")
         except BaseException:
             self.stop()
             raise
@@ -188,26 +201,41 @@ class SentinelSet:
         hosts = ",".join(f"127.0.0.1:{port}" for port, _ in self.sentinels)
         return f"redis+sentinel://{hosts}/{self.service}"
 
-    def ask(self, *command: str | int) -> Any:
-        client = redis.Redis(port=self.sentinels[0][0], decode_responses=True, socket_timeout=5)
-        return client.execute_command(*command)  # type: ignore[no-untyped-call]
-
-    def _ready(self) -> bool:
+    def ask(self, *command: str | int, sentinel: int = 0) -> Any:
+        client = redis.Redis(port=self.sentinels[sentinel][0], decode_responses=True,
+                             socket_timeout=5)
         try:
-            for port, _ in self.sentinels:
-                client = redis.Redis(port=port, decode_responses=True, socket_timeout=1)
-                info = client.execute_command(  # type: ignore[no-untyped-call]
-                    "SENTINEL", "MASTER", self.service)
-                fields = info if isinstance(info, dict) else dict(
-                    zip(info[::2], info[1::2], strict=True))
-                if int(fields["num-slaves"]) < 1 or int(fields["num-other-sentinels"]) < 2:
+            return client.execute_command(*command)  # type: ignore[no-untyped-call]
+        finally:
+            client.close()
+
+    def _master_fields(self, sentinel: int) -> dict[str, str]:
+        info = self.ask("SENTINEL", "MASTER", self.service, sentinel=sentinel)
+        return info if isinstance(info, dict) else dict(zip(info[::2], info[1::2], strict=True))
+
+    def settled(self) -> bool:
+        """No failover under way: every sentinel lists the same primary, which really is one,
+        with every replica online and in sync (so the next SENTINEL FAILOVER has a candidate),
+        and the former primary already demoted."""
+        try:
+            port = self.primary_port()
+            for i in range(len(self.sentinels)):
+                fields = self._master_fields(i)
+                if int(fields["port"]) != port or "failover" in fields["flags"] \
+                        or int(fields["num-slaves"]) < self.replica_count \
+                        or int(fields["num-other-sentinels"]) < 2:
                     return False
-            return True
-        except (redis.exceptions.RedisError, KeyError, ValueError):
+            primary = self.primary().client(1).info("replication")
+            online = [v for k, v in primary.items() if k.startswith("slave")
+                      and isinstance(v, dict) and v.get("state") == "online"]
+            return primary["role"] == "master" and len(online) == self.replica_count
+        except (redis.exceptions.RedisError, KeyError, ValueError, StopIteration):
             return False
 
-    def primary_port(self) -> int:
-        address = self.ask("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+    def primary_port(self, sentinel: int = 0) -> int:
+        """The port the sentinel names now (GET-MASTER-ADDR-BY-NAME: it changes first)."""
+        address = self.ask("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service,
+                           sentinel=sentinel)
         return int(address[1])
 
     def primary(self) -> RedisServer:
@@ -222,13 +250,60 @@ class SentinelSet:
         """The server that holds *key*: the primary, as for every key."""
         return self.primary()
 
-    def failover(self) -> int:
-        """Promote the replica; returns the new primary's port once the sentinels agree."""
+    def start_failover(self, sentinel: int = 0) -> int:
+        """Have *sentinel* lead a failover (SENTINEL FAILOVER) and return at once with the
+        old primary's port. Only the leader knows at first; the others learn the new
+        primary from its hello messages."""
         old = self.primary_port()
-        self.ask("SENTINEL", "FAILOVER", self.service)
+
+        def asked() -> bool:
+            try:
+                self.ask("SENTINEL", "FAILOVER", self.service, sentinel=sentinel)
+            except redis.exceptions.ResponseError as exc:
+                if "NOGOODSLAVE" in str(exc):  # its view of the replicas is not fresh yet
+                    return False
+                raise
+            return True
+
+        if not wait_until(asked, TOPOLOGY_DEADLINE_S, 0.1):
+            raise RuntimeError("no sentinel found a replica to promote")
+        return old
+
+    def named_by_all(self, port: int) -> bool:
+        """Every sentinel answers GET-MASTER-ADDR-BY-NAME with *port*."""
+        try:
+            return all(self.primary_port(i) == port for i in range(len(self.sentinels)))
+        except (redis.exceptions.RedisError, TypeError):
+            return False
+
+    def failover(self) -> int:
+        """Promote a replica; returns the new primary's port once the sentinels agree."""
+        old = self.start_failover()
         if not wait_until(lambda: self.primary_port() != old, TOPOLOGY_DEADLINE_S, 0.05):
             raise RuntimeError("SENTINEL FAILOVER did not complete")
         return self.primary_port()
+
+    def finish_failover(self, old: int) -> None:
+        """Wait until the failover away from *old* is over, old primary demoted included.
+
+        Sentinel demotes the old primary only after it has reported itself a
+        primary for 8 s (4 hello periods) past the switch; REPLICAOF here does
+        exactly what that +convert-to-slave would do, sooner, so a test can run
+        many failovers in a row. What lockrun wrote to the old primary is lost
+        either way: the demotion replaces its data with the new primary's.
+        """
+        if not wait_until(lambda: self.primary_port() != old
+                          and all(int(self._master_fields(i)["port"]) != old
+                                  for i in range(len(self.sentinels))),
+                          TOPOLOGY_DEADLINE_S, 0.05):
+            raise RuntimeError("the sentinels did not switch to the new primary")
+        new = self.primary_port()
+        former = next(s for s in self.servers if s.port == old)
+        if former.client(1).info("replication")["role"] == "master":
+            former.client(1).execute_command(  # type: ignore[no-untyped-call]
+                "REPLICAOF", "127.0.0.1", str(new))
+        if not wait_until(self.settled, TOPOLOGY_DEADLINE_S, 0.1):
+            raise RuntimeError("the topology did not settle after the failover")
 
     def stop(self) -> None:
         for _, proc in self.sentinels:

@@ -63,6 +63,7 @@ POLL_S = 0.005
 SENTINEL_DOWN_AFTER_MS = 5000
 """Longer than fault 5's pause (ttl + 1.5s), so a SIGSTOP is not mistaken for a dead primary."""
 EXPIRY_DEADLINE_S = 20.0
+FAILOVER_TTL_S = 3
 RETRY_TICKS = 4
 """Crontab ticks (one a minute) after a crashed fire that stay inside --schedule '*/5' grace."""
 TICK_REAL_S = 1.0
@@ -139,12 +140,16 @@ class Single:
 
 
 class Sentinels:
-    """A primary, a replica and three sentinels; lockrun gets a redis+sentinel:// URL."""
+    """A primary, two replicas and three sentinels; lockrun gets a redis+sentinel:// URL.
+
+    Two replicas, because a failover then reconfigures the other replica before
+    it completes, and the old primary stays writable meanwhile (issue 10 point 8).
+    """
 
     def __init__(self, workdir: Path, persistent: bool) -> None:
         self.set = SentinelSet(workdir, persistent=persistent,
                                down_after_ms=SENTINEL_DOWN_AFTER_MS, preexec_fn=_die_with_us)
-        self.persistence = self.set.servers[0].persistence + "; primary + replica + 3 sentinels"
+        self.persistence = self.set.servers[0].persistence + "; primary + 2 replicas + 3 sentinels"
         self.url = self.set.url
 
     def client(self) -> Any:
@@ -195,7 +200,7 @@ RUNNING_KEY = f"lockrun:{{{KEY}}}:running"
 TOPOLOGY_TEXT = {
     "single": "Topology `single`: one real, private `redis-server`, which lockrun reaches on "
               "its unix socket.",
-    "sentinel": "Topology `sentinel`: a primary, a replica and three sentinels (quorum 2, "
+    "sentinel": "Topology `sentinel`: a primary, two replicas and three sentinels (quorum 2, "
                 f"`down-after-milliseconds {SENTINEL_DOWN_AFTER_MS}`), all real "
                 "`redis-server` processes on 127.0.0.1; lockrun gets a `redis+sentinel://` "
                 "URL naming the three sentinels.",
@@ -869,11 +874,12 @@ FAULTS = (
               "job `exec sleep 3`; `CLIENT KILL TYPE normal` right after the job started, and "
               "again once the winner had reconnected (polled with `CLIENT LIST`); the other "
               "servers start after that"),
-    FaultSpec("7", "failover to the replica during the job", False, 3, False,
+    FaultSpec("7", "failover to a replica during the job", False, FAILOVER_TTL_S, False,
               "claim survives on the new primary; no duplicate, no lost lease",
               "job `exec sleep 6`; once the replica has acknowledged the claim (`WAIT 1`), "
               "`SENTINEL FAILOVER` or `CLUSTER FAILOVER` on the replica of the job's slot; the "
-              "other servers start once the new primary serves the slot",
+              "other servers start once the new primary serves the slot, and one more once "
+              "the claim's ttl is over",
               topologies=("sentinel", "cluster")),
 )
 
@@ -888,6 +894,7 @@ def fault_failover(ctx: FaultCtx, at: float) -> FaultFire:
     # documented data-loss case, not this fault.
     if not wait_until(lambda: node.execute_command("WAIT", 1, 100) == 1, FIRE_DEADLINE_S):
         ff.notes.append("the replica never caught up before the fire")
+    claimed = time.monotonic()
     plan, w, run = ctx.start_winner(fid, at, job_sleep=6)
     if run is None:
         return _not_applied(ctx, ff, w)
@@ -906,6 +913,13 @@ def fault_failover(ctx: FaultCtx, at: float) -> FaultFire:
     done = ctx.record(fid)
     ff.metrics["done_on_new_primary"] = float(done.get("state") == "done"
                                               and done.get("fence") == str(run.fence))
+    # One more server once the claim's ttl is over: if the end had gone to the old
+    # primary (wiped when it is demoted), the claim would have expired and this
+    # server would run the fire again. (issue 10 point 8)
+    ttl_over = claimed + FAILOVER_TTL_S
+    wait_until(lambda: time.monotonic() >= ttl_over
+               and ctx.record(fid).get("state") != "running", EXPIRY_DEADLINE_S)
+    _finish(ctx, ff, ctx.launch(plan[-1:], at, "late"))
     _check_loss(ff, run)
     return ff
 
@@ -1307,7 +1321,7 @@ def parse(argv: Sequence[str] | None) -> Options:
                         "tests/test_fleet.py")
     p.add_argument("--workdir", type=Path, help="scratch directory (default: a new temp dir)")
     p.add_argument("--topology", choices=sorted(TOPOLOGIES), default="single",
-                   help="one redis-server (default), a primary + replica + 3 sentinels, or a "
+                   help="one redis-server (default), a primary + 2 replicas + 3 sentinels, or a "
                         "cluster of 3 primaries with a replica each")
     p.add_argument("--faults", help="comma-separated fault numbers to run (default: every "
                                     "fault that applies to the topology)")
