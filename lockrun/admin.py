@@ -78,6 +78,9 @@ class KeyStatus:
 
 
 class Admin:
+    """The admin verbs' questions, answered through one LockClient; every public method
+    fails with RedisUnavailable (exit 75) when Redis cannot be used."""
+
     def __init__(self, client: LockClient, prefix: str) -> None:
         self.client = client
         self.prefix = prefix

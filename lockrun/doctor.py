@@ -14,10 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lockrun.errors import RedisUnavailable
-from lockrun.protocol import Lease, LockClient, job_keys, new_owner
+from lockrun.protocol import CLIENT_ERRORS, Lease, LockClient, job_keys, new_owner
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 MIN_VERSION = (6, 2)
+AUTH_REFUSALS = ("wrongpass", "noauth", "invalid username-password", "invalid password",
+                 "authentication required", "auth <password> called without")
+"""How redis-py and the server say "wrong or missing password" (lower case)."""
 
 
 @dataclass(frozen=True)
@@ -41,11 +44,8 @@ def run_checks(client: LockClient, prefix: str, max_skew: float) -> list[Check]:
         client.command("PING")
         checks.append(Check("connection", OK, f"PING answered in "
                                               f"{(time.monotonic() - start) * 1000:.1f} ms"))
-    except RedisUnavailable as exc:
-        text = str(exc).lower()
-        failed = "auth" if any(w in text for w in ("auth", "password", "wrongpass")) \
-            else "connection"
-        return [Check(failed, FAIL, str(exc))]
+    except (*CLIENT_ERRORS, RedisUnavailable) as exc:
+        return [_unreachable(client, exc)]
     plain: list[tuple[str, Callable[[LockClient], Check]]] = [
         ("version", _version), ("role", _role), ("eviction", _eviction),
         ("persistence", _persistence)]
@@ -56,11 +56,28 @@ def run_checks(client: LockClient, prefix: str, max_skew: float) -> list[Check]:
     return checks
 
 
+def _unreachable(client: LockClient, exc: Exception) -> Check:
+    """The only check when the first PING fails: ``auth`` for a refused password, else
+    ``connection``, because the two have different fixes.
+
+    Doctor still exits 1 here, as for any failing check, on every topology: its
+    output is the diagnosis, and "cannot reach Redis" is one. Only redis-py's
+    own text is searched, never the URL, whose host or user may contain "auth".
+    """
+    failure = exc if isinstance(exc, RedisUnavailable) else client.unavailable(exc)
+    cause = str(failure.__cause__ or exc).lower()
+    name = "auth" if any(word in cause for word in AUTH_REFUSALS) else "connection"
+    return Check(name, FAIL, str(failure))
+
+
 def _guarded(name: str, check: Callable[[LockClient], Check], client: LockClient) -> Check:
+    """One check's failure to use Redis is that check's failure, not doctor's crash."""
     try:
         return check(client)
     except RedisUnavailable as exc:
         return Check(name, FAIL, str(exc))
+    except CLIENT_ERRORS as exc:
+        return Check(name, FAIL, str(client.unavailable(exc)))
 
 
 def _version(client: LockClient) -> Check:

@@ -401,7 +401,7 @@ class LockClient:
         try:
             return PrimarySession(sentinels, kwargs, address)
         except CLIENT_ERRORS as exc:
-            raise self._unavailable(exc) from exc
+            raise self.unavailable(exc) from exc
 
     def close(self) -> None:
         if self._redis is None:
@@ -411,7 +411,8 @@ class LockClient:
         except redis.exceptions.RedisError:
             pass  # closing a broken socket must not mask the job's result
 
-    def _unavailable(self, exc: Exception) -> RedisUnavailable:
+    def unavailable(self, exc: BaseException) -> RedisUnavailable:
+        """The one line for any redis-py failure: URL redacted, first line of the error only."""
         text = str(exc).strip()
         detail = text.splitlines()[0].rstrip(".") if text else type(exc).__name__
         if self.follows_sentinel and text.startswith("No master found for"):
@@ -435,7 +436,7 @@ class LockClient:
         try:
             return self._execute(*args)
         except CLIENT_ERRORS as exc:
-            raise self._unavailable(exc) from exc
+            raise self.unavailable(exc) from exc
 
     def wait(self, key: str, replicas: int, timeout_ms: int) -> int:
         """Redis WAIT on the connection that last wrote *key*, read with a long enough timeout.
@@ -461,15 +462,15 @@ class LockClient:
             finally:
                 pool.release(conn)
         except CLIENT_ERRORS as exc:
-            raise self._unavailable(exc) from exc
+            raise self.unavailable(exc) from exc
 
     def scan(self, pattern: str) -> Iterator[str]:
         if self.cluster:  # every primary holds a share of the keys
-            self._execute("PING")
+            self.command("PING")  # builds the lazy cluster client inside the error mapping
             try:
                 yield from self._redis.scan_iter(match=pattern, count=1000)
             except CLIENT_ERRORS as exc:
-                raise self._unavailable(exc) from exc
+                raise self.unavailable(exc) from exc
             return
         cursor: int | str = 0
         for _ in range(1_000_000):  # bounded: a cursor that never returns to 0 is a bug
@@ -500,13 +501,13 @@ class LockClient:
                     f"Redis at {redact(self.url)} refused lockrun's script: the user may not "
                     f"run {denied} (grant +{denied.lower()} on keys matching the prefix)",
                     self.error_exit_code) from exc
-            unavailable = self._unavailable(exc)
+            unavailable = self.unavailable(exc)
             # a timeout after the connection was made: the script may have run
             unavailable.reply_lost = (isinstance(exc, redis.exceptions.TimeoutError)
                                       and "connecting" not in str(exc))
             raise unavailable from exc
         if not isinstance(reply, list):
-            raise self._unavailable(RuntimeError(f"unexpected script reply {reply!r}"))
+            raise self.unavailable(RuntimeError(f"unexpected script reply {reply!r}"))
         return reply
 
     def call_retrying(
@@ -674,7 +675,7 @@ class Lease:
                     moved = not session.still_primary()
             except (*CLIENT_ERRORS, RedisUnavailable) as exc:
                 failure = exc if isinstance(exc, RedisUnavailable) \
-                    else self.client._unavailable(exc)
+                    else self.client.unavailable(exc)
                 if not written:
                     raise failure from exc
                 if target is not None:
