@@ -44,7 +44,8 @@ class FireRun:
     """One fire as the history tells it, newest first in listings."""
 
     fire: str
-    outcome: str  # ran | running | crashed | lost | skipped-too-late | cancelled | given-back | ...
+    outcome: str
+    """ran, running, crashed, lost, skipped-too-late, given-back, possible-duplicate..."""
     host: str = ""
     owner: str = ""
     fence: str = ""
@@ -129,6 +130,9 @@ class Admin:
             elif event == "abandon":  # claimed, not started, handed back to the fleet
                 run.outcome = "given-back"
                 run.end_ms = at_ms
+            elif event == "possible-duplicate":  # the end may not be where others look
+                run.outcome = "possible-duplicate"
+                run.end_ms = run.end_ms or at_ms
         rows = [runs[i] for i in reversed(order)][:limit]
         for row in rows:
             if row.outcome in ("started", "lost") and row.end_ms is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -188,3 +189,6 @@ def test_an_end_a_replica_did_not_acknowledge_is_reported_as_a_possible_duplicat
     events = _events(sentinels, key)
     assert events[-2:] == ["end", "possible-duplicate"], events
     assert primary.client().hget(f"lockrun:{{{key}}}:fire:f1", "state") == "done"
+    shown = run_lockrun("history", key, "--json", url=sentinels.url)
+    row = json.loads(shown.stdout)[0]
+    assert (row["outcome"], row["exit"]) == ("possible-duplicate", 3), shown.stdout
