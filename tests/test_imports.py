@@ -9,7 +9,8 @@ from conftest import RedisServer, lockrun_env
 
 NEVER_ON_SKIP = {"psutil", "ctypes", "cronsim", "zoneinfo", "tomllib", "tomli", "urllib.request",
                  "lockrun.admin", "lockrun.admin_cli", "lockrun.doctor", "lockrun.schedule",
-                 "lockrun.monitor", "difflib"}
+                 "lockrun.monitor", "lockrun.ping", "lockrun.textfile", "lockrun.sentinel",
+                 "difflib"}
 
 
 def imported(args: list[str], env: dict[str, str]) -> set[str]:

@@ -1,0 +1,71 @@
+"""Healthchecks-style pings: ``URL/start``, then ``URL`` or ``URL/<exit code>``.
+
+Each call returns the warning to print instead of printing it, because it
+runs on a worker thread while lockrun's loop keeps the lease (lockrun.monitor
+decides what reaches stderr, and when).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+
+from lockrun import __version__
+
+PING_TIMEOUT = 2.0
+PING_ATTEMPTS = 2
+PING_PAUSE = 0.3
+
+
+@dataclass
+class Pinger:
+    """Sends ``URL/start``, then ``URL`` on success or ``URL/<exit code>`` on failure."""
+
+    url: str
+    run_id: str
+
+    def start(self, cancelled: threading.Event) -> str | None:
+        return self._send("/start", cancelled)
+
+    def finish(self, exit_code: int) -> str | None:
+        return self._send("" if exit_code == 0 else f"/{exit_code}", threading.Event())
+
+    def _target(self, suffix: str) -> str:
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(self.url)
+        query = "&".join(q for q in (parts.query, f"rid={self.run_id}") if q)
+        return urlunsplit(parts._replace(path=parts.path.rstrip("/") + suffix, query=query))
+
+    def _send(self, suffix: str, cancelled: threading.Event) -> str | None:
+        """Return None when the monitor got the ping, else the warning to print.
+
+        *cancelled* stops further attempts once the final ping is under way, so
+        a late /start retry can never reach the monitor after the end.
+        """
+        import urllib.error
+        import urllib.request
+
+        target = self._target(suffix)  # the CLI only accepts http:// and https:// URLs
+        request = urllib.request.Request(  # noqa: S310
+            target, headers={"User-Agent": f"lockrun/{__version__}"})
+        error = "not sent before the job ended"
+        for attempt in range(PING_ATTEMPTS):
+            if cancelled.is_set():
+                break
+            try:
+                with urllib.request.urlopen(request, timeout=PING_TIMEOUT) as response:  # noqa: S310
+                    response.read(1024)
+                return None
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                error = str(getattr(exc, "reason", exc))
+                if attempt + 1 < PING_ATTEMPTS:
+                    cancelled.wait(PING_PAUSE)
+        return f"ping {hide_path(target)} failed: {error}"
+
+
+def hide_path(url: str) -> str:
+    """Ping URLs embed a secret check id; show only scheme and host in messages."""
+    match = re.match(r"([a-z]+://[^/]+)", url)
+    return f"{match.group(1)}/..." if match else "(url)"
