@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import tzinfo
 from typing import Any
 
-from lockrun.protocol import HISTORY_MAXLEN, LockClient, job_keys
+from lockrun.client import LockClient
+from lockrun.protocol import HISTORY_MAXLEN, job_keys
 
 # Removes a stuck claim and/or overlap guard and says so in the history, in one
 # step, so the record of who unlocked what can never be missing.

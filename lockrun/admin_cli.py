@@ -32,7 +32,7 @@ _connection_options = apply([
 
 def _admin(options: dict[str, Any]) -> Any:
     from lockrun.admin import Admin
-    from lockrun.protocol import LockClient
+    from lockrun.client import LockClient
 
     client = LockClient(options["redis_url"], options["redis_timeout"], 75,
                         password(click.get_current_context().obj), tls_files(options))

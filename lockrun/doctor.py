@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lockrun.client import CLIENT_ERRORS, LockClient
 from lockrun.errors import RedisUnavailable
-from lockrun.protocol import CLIENT_ERRORS, Lease, LockClient, job_keys, new_owner
+from lockrun.protocol import Lease, job_keys, new_owner
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 MIN_VERSION = (6, 2)

@@ -40,3 +40,11 @@ class CommandNotFound(LockrunError):
 
 class CommandNotExecutable(LockrunError):
     exit_code: int = ExitCode.NOT_EXECUTABLE
+
+
+class PossibleDuplicate(RedisUnavailable):
+    """The end was written, but maybe not where the next server looks: said, not hidden.
+
+    A RedisUnavailable, so a caller that only knows that one still reports it
+    and still passes the job's exit status through.
+    """

@@ -171,7 +171,7 @@ def tls_files(options: dict[str, Any]) -> Any:
         raise UsageError("--redis-ca, --redis-cert and --redis-key need a rediss:// URL")
     if bool(cert) != bool(key):
         raise UsageError("--redis-cert and --redis-key go together")
-    from lockrun.protocol import TlsFiles
+    from lockrun.client import TlsFiles
 
     return TlsFiles(ca, cert, key)
 

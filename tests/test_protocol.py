@@ -7,8 +7,9 @@ import time
 import pytest
 from conftest import RedisServer, history
 
+from lockrun.client import LockClient
 from lockrun.errors import RedisUnavailable
-from lockrun.protocol import ACQUIRE_SCRIPT, Lease, LockClient, job_keys, new_owner
+from lockrun.protocol import ACQUIRE_SCRIPT, Lease, job_keys, new_owner
 
 
 def lease(server: RedisServer, key: str, fire: str = "f1", ttl_ms: int = 10_000,
