@@ -16,6 +16,11 @@ __all__ = ["LOCKRUN", "RedisServer", "free_cluster_port", "free_port", "wait_for
 
 LOCKRUN = Path(sys.executable).parent / "lockrun"
 
+# Hermetic: no lockrun started by the suite reads the host's /etc/lockrun.toml. An
+# empty LOCKRUN_CONFIG means "no file"; every environment below derives from this one,
+# and tests that want a file name it explicitly.
+os.environ["LOCKRUN_CONFIG"] = ""
+
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0,
              what: str = "condition") -> None:
@@ -47,6 +52,7 @@ def key() -> str:
 
 def lockrun_env(url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOCKRUN_")}
+    env["LOCKRUN_CONFIG"] = ""  # see above: never the host's /etc/lockrun.toml
     env["LOCKRUN_REDIS_URL"] = url
     env.update(extra)
     return env
