@@ -32,12 +32,34 @@ def child_environment(cfg: Config) -> dict[str, str]:
     from lockrun.output import redact
 
     env = {k: v for k, v in os.environ.items() if k not in CHILD_ENV and k not in SECRET_ENV}
+    _undo_locale_coercion(env)
     url = env.get("LOCKRUN_REDIS_URL")
     if url is not None and redact(url) != url:
         del env["LOCKRUN_REDIS_URL"]  # it carries a password
     env["LOCKRUN_KEY"] = cfg.key
     env["LOCKRUN_FIRE"] = cfg.fire
     return env
+
+
+def _undo_locale_coercion(env: dict[str, str]) -> None:
+    """Give the job the LC_CTYPE lockrun was started with, not the one Python set.
+
+    Under cron's C locale CPython exports LC_CTYPE=C.UTF-8 at start-up (PEP 538),
+    so grep, sort and friends would behave differently inside lockrun than
+    without it; a drop-in prefix must not change the job's locale. The kernel
+    keeps the environment lockrun was executed with in /proc/self/environ.
+    """
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            initial = f.read()
+    except OSError:
+        return  # not Linux: nothing to compare against
+    name = b"LC_CTYPE="
+    found = [item for item in initial.split(b"\0") if item.startswith(name)]
+    if found:
+        env["LC_CTYPE"] = os.fsdecode(found[-1][len(name):])
+    else:
+        env.pop("LC_CTYPE", None)
 
 
 def run(cfg: Config, out: Reporter) -> int:

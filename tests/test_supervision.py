@@ -191,7 +191,8 @@ def test_a_manual_run_can_read_the_terminal(redis_server: RedisServer, key: str)
 
 def test_cron_like_environment_without_a_terminal(redis_server: RedisServer, key: str) -> None:
     """Cron gives no terminal and a minimal PATH; stdin may be /dev/null."""
-    env = {"PATH": "/usr/bin:/bin", "LOCKRUN_REDIS_URL": redis_server.url, "HOME": "/"}
+    env = {"PATH": "/usr/bin:/bin", "LOCKRUN_REDIS_URL": redis_server.url, "HOME": "/",
+           "LOCKRUN_CONFIG": ""}
     r = subprocess.run([str(LOCKRUN), "-k", key, "--", "sh", "-c", "cat; exit 2"], env=env,
                        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
                        start_new_session=True)
@@ -324,3 +325,22 @@ def test_a_stop_signal_reaches_a_stopped_job_without_a_terminal(redis_server: Re
 def _state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_the_jobs_environment_is_lockruns_plus_the_fire_variables(redis_server: RedisServer,
+                                                                  key: str,
+                                                                  tmp_path: Path) -> None:
+    """Under cron's bare C locale too: Python's locale coercion must not reach the job."""
+    dump = tmp_path / "env"
+    given = {"PATH": "/usr/bin:/bin", "LANG": "C", "LOCKRUN_CONFIG": "",
+             "LOCKRUN_REDIS_URL": redis_server.url}
+    r = subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in given.items()), str(LOCKRUN),
+                        "-k", key, "--", "sh", "-c", f"env -0 > {dump}"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    seen = dict(item.split("=", 1) for item in dump.read_text().split("\0") if item)
+    seen.pop("PWD", None)  # sh sets it
+    fire = {k: seen.pop(k) for k in ("LOCKRUN_KEY", "LOCKRUN_FIRE", "LOCKRUN_FENCE",
+                                     "LOCKRUN_OWNER")}
+    assert fire["LOCKRUN_KEY"] == key
+    assert seen == given
