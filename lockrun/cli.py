@@ -229,6 +229,29 @@ def _is_admin(args: list[str]) -> bool:
     return bool(args) and args[0] in ADMIN_VERBS
 
 
+def _misplaced_verb(args: list[str]) -> None:
+    """Say what went wrong when a verb is mistyped or follows options, not "Missing -k".
+
+    Only a line without a key can be one of these, so a real crontab line
+    (which always has -k) never pays for the check.
+    """
+    head = args[:args.index("--")] if "--" in args else args
+    if any(a == "--key" or a.startswith(("--key=", "-k")) for a in head):
+        return
+    verbs = ", ".join(ADMIN_VERBS)
+    if head and not head[0].startswith("-"):
+        import difflib
+
+        close = difflib.get_close_matches(head[0], ADMIN_VERBS, n=1, cutoff=0.6)
+        hint = f"did you mean 'lockrun {close[0]}'?" if close else f"the commands are {verbs}"
+        raise UsageError(f"unknown command {head[0]!r}: {hint} (to wrap a job: "
+                         "lockrun -k KEY [OPTIONS] -- COMMAND)")
+    for word in head:
+        if word in ADMIN_VERBS:
+            raise UsageError(f"{word!r} must come first, before its options: "
+                             f"lockrun {word} [OPTIONS]")
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point: nothing but parsing and mapping exceptions to exit statuses."""
     out = Reporter()
@@ -245,6 +268,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
             status = admin.main(args=args, prog_name="lockrun", standalone_mode=False,
                                 default_map=per_verb, obj=settings)
         else:
+            _misplaced_verb(args)
             status = wrapper.main(args=args, prog_name="lockrun", standalone_mode=False,
                                   default_map=defaults, obj=settings)
     except click.exceptions.Exit as exc:

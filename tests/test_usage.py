@@ -31,7 +31,27 @@ BAD_ARGS = [
     pytest.param(["-k", "job", "-v", "-q", "--", "CMD"], id="verbose-and-quiet"),
     pytest.param(["-k", "job", "--redis-url", "http://x", "--", "CMD"], id="bad-url-scheme"),
     pytest.param(["-k", "job", "--redis-timeout", "0", "--", "CMD"], id="redis-timeout-zero"),
+    pytest.param(["stauts"], id="mistyped-verb"),
+    pytest.param(["--json", "status"], id="option-before-verb"),
 ]
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["stauts"], "unknown command 'stauts': did you mean 'lockrun status'?"),
+    (["histroy", "job"], "did you mean 'lockrun history'?"),
+    (["frobnicate"], "the commands are status, history, unlock, doctor"),
+    (["--redis-url", "redis://127.0.0.1:1/0", "status"], "'status' must come first"),
+])
+def test_a_mistyped_or_misplaced_verb_says_what_to_type(args: list[str], said: str) -> None:
+    r = run_lockrun(*args, url="redis://127.0.0.1:1/0")
+    assert r.returncode == 64 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert said in r.stderr, r.stderr
+
+
+def test_a_key_named_like_a_verb_is_still_a_key(redis_server: RedisServer) -> None:
+    r = run_lockrun("-k", "status", "--fire", "f-verb", "--", "sh", "-c", "exit 6",
+                    url=redis_server.url)
+    assert r.returncode == 6, r.stderr
 
 
 @pytest.mark.parametrize("args", BAD_ARGS)
