@@ -99,6 +99,18 @@ class Admin:
             names.add(inner[: inner.rindex("}:hist")])
         return sorted(names)
 
+    def known(self, key: str) -> bool:
+        """Whether Redis holds anything of *key*: its history or its overlap guard."""
+        k = self._keys(key)
+        return bool(self.client.command("EXISTS", k["hist"]) or
+                    self.client.command("EXISTS", k["running"]))
+
+    def first_fire(self, key: str) -> str | None:
+        """The oldest fire id the history still holds: before it, nothing can be told."""
+        entries = self.client.command("XRANGE", self._keys(key)["hist"], "-", "+", "COUNT", 10)
+        fires = [str(dict(f or {}).get("fire", "")) for _, f in entries or []]
+        return min((f for f in fires if f), default=None)
+
     def history(self, key: str, limit: int) -> list[FireRun]:
         """Fold start/end/lost/skip events into one row per (fire, owner), newest first."""
         events = self.client.xrevrange(self._keys(key)["hist"], max(limit * 4, 50))
@@ -140,21 +152,27 @@ class Admin:
                 row.outcome = self._open_outcome(key, row)
         return rows
 
-    def with_expected(self, rows: list[FireRun], expr: str, zone: tzinfo, now: float,
+    def with_expected(self, key: str, rows: list[FireRun], expr: str, zone: tzinfo, now: float,
                       limit: int, grace: float) -> list[FireRun]:
         """Add the scheduled fires that left no trace at all: they ran nowhere.
 
         A fire every server skipped as too late is in the history already; one
         that no server even tried (the whole fleet down past the grace) is not,
-        so it can only be found by comparing with the schedule.
+        so it can only be found by comparing with the schedule. Only from the
+        oldest fire the history holds on: before it the job may not have
+        existed yet, or its events were trimmed, and "ran nowhere" would be a
+        guess.
         """
         from lockrun.schedule import current_slot
 
+        first = self.first_fire(key)
         seen = {row.fire for row in rows}
         expected: list[FireRun] = []
         t = now
         for _ in range(limit):
             slot = current_slot(expr, zone, t)
+            if first is None or slot.fire_id < first:
+                break
             if slot.fire_id not in seen:
                 late = now - slot.fire > grace
                 expected.append(FireRun(slot.fire_id, "ran-nowhere" if late else "pending"))

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from lockrun.errors import UsageError
+from lockrun.exitcodes import ExitCode
 from lockrun.options import (
     PlainInt,
     apply,
@@ -56,6 +57,16 @@ def _table(headers: list[str], rows: list[list[str]]) -> None:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
 
 
+def _must_know(adm: Any, key: str) -> None:
+    """A key Redis knows nothing of is most likely a typo (in the key, --key-prefix or
+    --redis-url): say so and exit 1, instead of an empty table and exit 0."""
+    if not adm.known(key):
+        from lockrun.errors import NoRecord
+
+        raise NoRecord(f"no record of job {key!r} in Redis at {adm.client.url} under "
+                       f"--key-prefix {adm.prefix!r}: check the key, the prefix and the URL")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def admin() -> None:
     """Inspect and repair lockrun's state in Redis."""
@@ -70,6 +81,8 @@ def status(key: str | None, as_json: bool, **options: Any) -> None:
 
     adm = _admin(options)
     names = [validate_name(key, "key")] if key else adm.job_names()
+    if key:
+        _must_know(adm, key)
     states = [adm.status(name) for name in names]
     if as_json:
         click.echo(json.dumps([s.to_json() for s in states], indent=2))
@@ -110,9 +123,10 @@ def history(key: str, limit: int, schedule: str | None, tz: str | None, grace: f
         validate(schedule, zone, time.time())
         expected = (normalise(schedule), zone)
     adm = _admin(options)
-    rows = adm.history(validate_name(key, "key"), limit)
+    _must_know(adm, validate_name(key, "key"))
+    rows = adm.history(key, limit)
     if expected is not None:
-        rows = adm.with_expected(rows, *expected, time.time(), limit, grace)
+        rows = adm.with_expected(key, rows, *expected, time.time(), limit, grace)
     if as_json:
         click.echo(json.dumps([r.to_json() for r in rows], indent=2))
         return
@@ -151,7 +165,7 @@ def unlock(key: str, fire: str | None, yes: bool, as_json: bool, **options: Any)
     else:
         click.echo(f"nothing to unlock for {key}" + (f" fire {fire}" if fire else ""))
     if not removed:
-        sys.exit(1)
+        sys.exit(ExitCode.NEGATIVE)
 
 
 @admin.command()
@@ -170,4 +184,4 @@ def doctor(max_skew: float, as_json: bool, **options: Any) -> None:
         for c in checks:
             click.echo(f"{c.status:<4}  {c.name}: {c.detail}")
     if any(c.status == FAIL for c in checks):
-        sys.exit(1)
+        sys.exit(ExitCode.NEGATIVE)

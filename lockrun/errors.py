@@ -34,6 +34,13 @@ class RedisUnavailable(LockrunError):
         self.reply_lost = reply_lost
 
 
+class NoRecord(LockrunError):
+    """An admin command found nothing for what it was asked: a typo'd key or prefix
+    must not look like a healthy job with no runs yet."""
+
+    exit_code: int = ExitCode.NEGATIVE
+
+
 class CommandNotFound(LockrunError):
     exit_code: int = ExitCode.NOT_FOUND
 

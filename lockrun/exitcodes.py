@@ -8,6 +8,8 @@ class ExitCode(IntEnum):
 
     OK = 0
     """Default for a skipped fire (``-E`` changes it): skipping is not a failure."""
+    NEGATIVE = 1
+    """Admin commands answer no: no record of the key, nothing to unlock, a doctor check failed."""
     USAGE = 64
     """EX_USAGE: bad option, bad environment variable, bad key or fire id."""
     SOFTWARE = 70

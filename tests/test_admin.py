@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import RedisServer, faketime_env, history, run_lockrun, start_lockrun, wait_for
 
 
@@ -136,6 +138,10 @@ def test_doctor_reports_an_unreachable_redis() -> None:
 def test_history_with_schedule_lists_fires_that_ran_nowhere(redis_server: RedisServer,
                                                             key: str) -> None:
     """No server ticked for some fires at all: only the schedule can reveal them."""
+    minute = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    seeded = (minute - timedelta(minutes=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert run_lockrun("-k", key, "--fire", seeded, "--", "true",
+                       url=redis_server.url).returncode == 0  # the job existed by then
     ran = run_lockrun("-k", key, "--schedule", "* * * * *", "--tz", "UTC", "--", "sh", "-c",
                       'echo "$LOCKRUN_FIRE"', url=redis_server.url)
     fire = ran.stdout.strip()
@@ -144,8 +150,34 @@ def test_history_with_schedule_lists_fires_that_ran_nowhere(redis_server: RedisS
     assert len(rows) == 4
     outcomes = {r["fire"]: r["outcome"] for r in rows}
     assert outcomes[fire] == "ran"
-    older = [o for f, o in outcomes.items() if f < fire]
+    older = [o for f, o in outcomes.items() if seeded < f < fire]
     newer = [o for f, o in outcomes.items() if f > fire]  # the minute turned meanwhile
     assert older and set(older) == {"ran-nowhere"}
     assert set(newer) <= {"pending"}
     assert [r["fire"] for r in rows] == sorted(outcomes, reverse=True)
+
+
+@pytest.mark.parametrize("verb", ["status", "history"])
+def test_a_key_redis_knows_nothing_of_is_said_and_exits_1(redis_server: RedisServer, key: str,
+                                                          verb: str) -> None:
+    r = run_lockrun(verb, key, url=redis_server.url)
+    assert r.returncode == 1 and r.stdout == "", r.stdout
+    assert r.stderr.startswith(f"lockrun: no record of job '{key}'"), r.stderr
+    assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_history_lists_no_ran_nowhere_before_the_jobs_first_fire(redis_server: RedisServer,
+                                                                  key: str) -> None:
+    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    first = (hour - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert run_lockrun("-k", key, "--fire", first, "--", "true",
+                       url=redis_server.url).returncode == 0
+    r = run_lockrun("history", key, "--schedule", "0 * * * *", "--tz", "UTC", "--limit", "10",
+                    "--json", url=redis_server.url)
+    assert r.returncode == 0, r.stderr
+    fires = [row["fire"] for row in json.loads(r.stdout)]
+    assert first in fires and min(fires) == first, fires
+    # the hour between the first fire and now left no trace: that one did run nowhere
+    missed = (hour - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert {"fire": missed, "outcome": "ran-nowhere"}.items() <= next(
+        row for row in json.loads(r.stdout) if row["fire"] == missed).items()
