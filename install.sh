@@ -393,3 +393,8 @@ case ":$PATH:" in
     *":$BIN_DIR:"*) ;;
     *) warn "$BIN_DIR is not on PATH; cron jobs must call $LINK by its full path" ;;
 esac
+case "$BIN_DIR" in
+    /usr/bin|/bin) ;;
+    *) echo "  cron:      Debian's cron runs jobs with PATH=/usr/bin:/bin; put"
+       echo "             PATH=$BIN_DIR:/usr/bin:/bin at the top of each crontab (README)" ;;
+esac

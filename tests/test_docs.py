@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 import subprocess
+import uuid
 from pathlib import Path
 
-from conftest import LOCKRUN
+from conftest import LOCKRUN, RedisServer, lockrun_env
 
 from lockrun.exitcodes import ExitCode
 
@@ -64,3 +65,60 @@ def test_ci_runs_the_readme_test_command_exactly() -> None:
     test_command = blocks[1].strip()
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test_command in ci
+
+
+def _crontab_block() -> str:
+    """README's first crontab block: the lines a newcomer copies."""
+    match = re.search(r"^```crontab\n(.*?)^```$", README, re.M | re.S)
+    assert match, "README has no crontab block"
+    return match.group(1)
+
+
+def _as_cron_runs_it(command: str) -> str:
+    """What cron hands to /bin/sh: up to the first unescaped %, with \\% turned into %."""
+    out, i = [], 0
+    while i < len(command):
+        if command[i] == "\\" and command[i + 1:i + 2] == "%":
+            out.append("%")
+            i += 2
+            continue
+        if command[i] == "%":
+            break
+        out.append(command[i])
+        i += 1
+    return "".join(out)
+
+
+def test_the_readme_crontab_block_puts_lockrun_on_crons_path() -> None:
+    install_dir = re.search(r"^BIN_DIR=(\S+)", (ROOT / "install.sh").read_text(), re.M)
+    assert install_dir
+    paths = re.findall(r"^PATH=(\S+)$", _crontab_block(), re.M)
+    assert paths and install_dir.group(1) in paths[0].split(":"), paths
+
+
+def test_every_readme_crontab_line_parses_and_stays_silent(redis_server: RedisServer,
+                                                          tmp_path: Path) -> None:
+    """Each job line, as cron would run it, with the job swapped for a probe that records
+    the arguments it was given: exit 0, no output (so no cron mail), % handled as cron does."""
+    import shlex
+
+    jobs = [line for line in _crontab_block().splitlines()
+            if line.strip() and not line.startswith("#") and not re.match(r"^\w+=", line)]
+    assert len(jobs) >= 5
+    for n, line in enumerate(jobs):
+        fields = line.split(None, 5)
+        command = _as_cron_runs_it(fields[5])
+        argv = shlex.split(command)
+        assert argv[0] == "lockrun" and "--" in argv, line
+        cut = argv.index("--")
+        record = tmp_path / f"args{n}"
+        probe = ["sh", "-c", f'printf "%s\\n" "$@" > {record}', "probe", *argv[cut + 1:]]
+        args = [str(LOCKRUN), *argv[1:cut], "--fire", f"readme-{n}", "--", *probe]
+        if "--schedule" in args:
+            args.remove("--fire")
+            args.remove(f"readme-{n}")
+        env = lockrun_env(redis_server.url, LOCKRUN_KEY_PREFIX=f"readme{uuid.uuid4().hex[:8]}")
+        r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+        assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), line
+        if "%" in fields[5] and record.exists():
+            assert "\\%" not in record.read_text() and "%F" in record.read_text(), line
