@@ -64,7 +64,9 @@ class _Command(click.Command):
 @click.command(cls=_Command, context_settings=CONTEXT,
                epilog="Exit status: the job's own; 128+N if it died of signal N; 0 (-E) when "
                "skipped; 75 (--error-exit-code) when Redis is unusable; 64 usage error; 124 "
-               "timeout; 126 not executable; 127 not found. See lockrun(1).")
+               "timeout; 126 not executable; 127 not found. Defaults for every option can "
+               "live in /etc/lockrun.toml (or the file named by LOCKRUN_CONFIG). "
+               "See lockrun(1).")
 @click.option("-k", "--key", required=True, callback=name, metavar="NAME",
               help="Job name: 1-200 of A-Z a-z 0-9 . _ - : (never read from the environment).")
 @click.option("--ttl", **duration(minimum=1.0), default="60s", **env("TTL"),

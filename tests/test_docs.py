@@ -122,3 +122,9 @@ def test_every_readme_crontab_line_parses_and_stays_silent(redis_server: RedisSe
         assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), line
         if "%" in fields[5] and record.exists():
             assert "\\%" not in record.read_text() and "%F" in record.read_text(), line
+
+
+def test_help_names_the_configuration_file_and_the_verbs() -> None:
+    text = " ".join(_help().split())
+    assert "/etc/lockrun.toml" in text and "LOCKRUN_CONFIG" in text
+    assert all(f"lockrun {verb}" in text for verb in VERBS)
