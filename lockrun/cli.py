@@ -127,6 +127,9 @@ class _Command(click.Command):
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               **env("LOG_FORMAT"), help="Messages as text lines or JSON objects.  "
                                         "[default: text]")
+@click.option("--mail-on-failure", is_flag=True, **env("MAIL_ON_FAILURE"),
+              help="When the job fails (exit status not 0), print one line on stderr, so cron "
+                   "mails it even if the job printed nothing.")
 @click.option("--syslog", is_flag=True, **env("SYSLOG"),
               help="Also send every message, decisions included, to syslog (facility cron).")
 @click.option("-v", "--verbose", is_flag=True, **env("VERBOSE"),
@@ -200,6 +203,7 @@ def wrapper(**options: Any) -> int:
         wait_replicas=options["wait_replicas"],
         wait_timeout=options["wait_timeout"],
         strict_replicas=options["strict_replicas"],
+        mail_on_failure=options["mail_on_failure"],
     )
     out = Reporter(verbosity, json_lines=options["log_format"] == "json", syslog=options["syslog"])
     out.context = {"key": cfg.key, "fire": cfg.fire}

@@ -44,6 +44,7 @@ class Config:
     wait_replicas: int = 0
     wait_timeout: float = 1.0
     strict_replicas: bool = False
+    mail_on_failure: bool = False
 
     def __post_init__(self) -> None:
         _check_timing(self)

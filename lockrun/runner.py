@@ -361,6 +361,10 @@ class Supervisor:
         elif self.lease is not None:
             outcome = "timeout" if self.timed_out else "exited"
             _release(self.lease, cfg, self.out, int(code), outcome)
+        if cfg.mail_on_failure and code != 0 and not self.timed_out:  # a timeout said so
+            # cron mails output only: a job that fails silently would go unnoticed
+            self.out.error(f"{cfg.key} fire {cfg.fire} failed on {socket.gethostname()} with "
+                           f"exit status {int(code)}")
         self.hooks.finished(int(code))
         return int(code)
 

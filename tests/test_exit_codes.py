@@ -165,3 +165,21 @@ def test_on_redis_error_run_fails_open_loudly(key: str) -> None:
     assert r.returncode == 9
     assert r.stdout == f"key={key} fence=unset\n"
     assert len(r.stderr.splitlines()) == 1 and "WITHOUT a lock" in r.stderr
+
+
+def test_mail_on_failure_says_once_that_the_job_failed(redis_server: RedisServer,
+                                                       key: str) -> None:
+    failed = run_lockrun("--mail-on-failure", "-k", key, "--fire", "f1", "--", "sh", "-c",
+                         "exit 3", url=redis_server.url)
+    assert failed.returncode == 3
+    assert failed.stderr.startswith(f"lockrun: {key} fire f1 failed on "), failed.stderr
+    assert failed.stderr.rstrip().endswith("exit status 3")
+    assert len(failed.stderr.splitlines()) == 1
+    ok = run_lockrun("--mail-on-failure", "-k", key, "--fire", "f2", "--", "true",
+                     url=redis_server.url)
+    skipped = run_lockrun("--mail-on-failure", "-k", key, "--fire", "f1", "--", "false",
+                          url=redis_server.url)
+    quiet = run_lockrun("-k", key, "--fire", "f3", "--", "sh", "-c", "exit 3",
+                        url=redis_server.url)
+    assert [(r.returncode, r.stderr) for r in (ok, skipped, quiet)] == [(0, ""), (0, ""),
+                                                                        (3, "")]
