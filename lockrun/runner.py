@@ -205,13 +205,21 @@ def _lease(cfg: Config, client: LockClient, guard: bool) -> Lease:
 
 def _too_late(cfg: Config, out: Reporter, slot: Slot, client: LockClient,
               hooks: Hooks | NoHooks) -> int:
-    """Past the grace, this tick must not start the fire; the first to notice records it."""
+    """Past the grace, this tick must not start the fire; the first to notice records it.
+
+    A fire that ran nowhere needs an operator, so the one server that records
+    the miss says so in one line (cron mails it once, fleet-wide); every other
+    late server finds the record and stays silent.
+    """
     late = time.time() - slot.fire
     out.info(f"skipped {cfg.key} fire {cfg.fire}: too late ({late:.0f}s after the scheduled "
              f"time, --grace {cfg.grace:g}s)")
     lease = _lease(cfg, client, guard=False)
     try:
-        lease.record_miss(cfg.retention_ms(time.time()), round(late * 1000))
+        if lease.record_miss(cfg.retention_ms(time.time()), round(late * 1000)):
+            out.error(f"fire {cfg.fire} of {cfg.key} ran nowhere: no server started it "
+                      f"within --grace {cfg.grace:g}s (this one came {late:.0f}s after the "
+                      "scheduled time)")
     except RedisUnavailable as exc:
         hooks.redis_unusable()
         out.error(f"{exc}; fire {cfg.fire} of {cfg.key} is past its grace, not running it")

@@ -127,13 +127,19 @@ def test_every_server_computes_the_same_fire_across_dst(zone: ZoneInfo, transiti
 
 # --- the command, with its clock faked -----------------------------------------------
 
-def test_too_late_skips_silently_and_records_the_miss(redis_server: RedisServer,
-                                                      key: str, tmp_path: Path) -> None:
+def test_a_fire_that_ran_nowhere_is_said_once_fleet_wide(redis_server: RedisServer,
+                                                         key: str, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     env = faketime_env(redis_server.url, "@2026-11-22 03:01:30")
-    r = run_lockrun("-k", key, "--schedule", "0 3 * * *", "--tz", "UTC", "--max-skew", "0",
-                    "-E", "3", "--", "touch", str(marker), url=redis_server.url, env=env)
-    assert (r.returncode, r.stderr) == (3, "")
+    args = ("-k", key, "--schedule", "0 3 * * *", "--tz", "UTC", "--max-skew", "0", "-E", "3",
+            "--", "touch", str(marker))
+    r = run_lockrun(*args, url=redis_server.url, env=env)
+    assert r.returncode == 3  # still the skip status: this server did nothing wrong
+    assert r.stderr.startswith(f"lockrun: fire 2026-11-22T03:00:00Z of {key} ran nowhere: ")
+    assert len(r.stderr.splitlines()) == 1
+    later = run_lockrun(*args, url=redis_server.url,
+                        env=faketime_env(redis_server.url, "@2026-11-22 03:02:10"))
+    assert (later.returncode, later.stderr) == (3, ""), "said once, not by every server"
     assert not marker.exists()
     events = history(redis_server, key)
     assert [(e["event"], e["reason"], e["fire"]) for e in events] == [
