@@ -173,11 +173,15 @@ def unlock(key: str, fire: str | None, yes: bool, as_json: bool, **options: Any)
               help="Fail the clock check beyond this.  [default: 2s]")
 @_connection_options
 def doctor(max_skew: float, as_json: bool, **options: Any) -> None:
-    """Check that this Redis is safe for lockrun; exit 1 if any check fails."""
-    from lockrun.doctor import FAIL, run_checks
+    """Check that this Redis and this server's configuration file are safe for lockrun."""
+    from lockrun.configfile import FileSettings
+    from lockrun.doctor import FAIL, file_checks, run_checks
 
     adm = _admin(options)
     checks = run_checks(adm.client, options["key_prefix"], max_skew)
+    settings = click.get_current_context().obj
+    if isinstance(settings, FileSettings):
+        checks += file_checks(settings)
     if as_json:
         click.echo(json.dumps([c.__dict__ for c in checks], indent=2))
     else:

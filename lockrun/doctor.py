@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lockrun.client import CLIENT_ERRORS, LockClient
+from lockrun.configfile import FileSettings
 from lockrun.errors import RedisUnavailable
 from lockrun.protocol import Lease, job_keys, new_owner
 
@@ -151,3 +152,60 @@ def _scripts(client: LockClient, prefix: str) -> Check:
             pass  # a user without DEL outside scripts still passes; the keys expire or stay tiny
     return Check("scripts and permissions", OK, "acquire, renew and release ran (EVALSHA, "
                                                 "TIME, HSET, PEXPIRE, XADD, DEL...)")
+
+
+def file_checks(settings: FileSettings) -> list[Check]:
+    """The host side of the configuration file: what every job line on this server needs.
+
+    The wrapper checks these on each run, and a problem then fails every line
+    of every crontab (or warns on every skip); doctor says so once, up front.
+    Access is checked as the user running doctor: run it as each user whose
+    crontab calls lockrun.
+    """
+    import os
+
+    if settings.path is None:
+        return []
+    checks = [_file_access(settings.path)]
+    metrics = settings.values.get("metrics_dir")
+    if metrics is not None:
+        where = settings.where("metrics_dir")
+        if not os.path.isdir(str(metrics)):
+            checks.append(Check("config metrics_dir", FAIL, f"{metrics} ({where}) does not exist: "
+                                "every lockrun line exits 64 until it does"))
+        elif not os.access(str(metrics), os.W_OK | os.X_OK):
+            checks.append(Check("config metrics_dir", FAIL, f"{metrics} ({where}) is not writable "
+                                "by this user: every lockrun line of this user exits 64"))
+        else:
+            checks.append(Check("config metrics_dir", OK, f"{metrics} is writable"))
+    if settings.values.get("syslog") is True:
+        checks.append(_syslog_socket())
+    return checks
+
+
+def _file_access(path: str) -> Check:
+    import os
+    import stat
+
+    st = os.stat(path)
+    if st.st_mode & stat.S_IROTH:
+        return Check("config file", OK, f"{path} is readable by every user")
+    return Check("config file", WARN, f"{path} is readable only by uid {st.st_uid}"
+                 + (f" and gid {st.st_gid}" if st.st_mode & stat.S_IRGRP else "")
+                 + ": lockrun lines in other users' crontabs exit 64")
+
+
+def _syslog_socket() -> Check:
+    import os
+    import socket
+
+    from lockrun.output import SYSLOG_SOCKET
+
+    path = os.environ.get("LOCKRUN_SYSLOG_SOCKET", SYSLOG_SOCKET)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(path)
+    except OSError as exc:
+        return Check("config syslog", FAIL, f"syslog = true, but {path} cannot be written "
+                     f"({exc.strerror}): every lockrun prints a warning, skips included")
+    return Check("config syslog", OK, f"{path} accepts messages")

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RedisServer, faketime_env, history, run_lockrun, start_lockrun, wait_for
+from conftest import (
+    RedisServer,
+    faketime_env,
+    history,
+    lockrun_env,
+    run_lockrun,
+    start_lockrun,
+    wait_for,
+)
 
 
 def admin(server: RedisServer, *args: str) -> Any:
@@ -181,3 +190,27 @@ def test_history_lists_no_ran_nowhere_before_the_jobs_first_fire(redis_server: R
     missed = (hour - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert {"fire": missed, "outcome": "ran-nowhere"}.items() <= next(
         row for row in json.loads(r.stdout) if row["fire"] == missed).items()
+
+
+def test_doctor_checks_what_the_configuration_file_needs_on_this_host(
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    config = tmp_path / "lockrun.toml"
+    config.write_text(f'metrics_dir = "{tmp_path / "missing"}"\nsyslog = true\n')
+    config.chmod(0o600)
+    env = lockrun_env(redis_server.url, LOCKRUN_CONFIG=str(config),
+                      LOCKRUN_SYSLOG_SOCKET=str(tmp_path / "no-log.sock"))
+    r = run_lockrun("doctor", url=redis_server.url, env=env)
+    assert r.returncode == 1, r.stdout
+    lines = {line.split(":", 1)[0].split(None, 1)[1]: line.split(None, 1)[0]
+             for line in r.stdout.splitlines()}
+    assert lines["config metrics_dir"] == "fail" and "does not exist" in r.stdout
+    assert lines["config syslog"] == "fail"
+    assert lines["config file"] == "warn" and "other users' crontabs" in r.stdout
+    # once what the file names exists, the same checks pass
+    (tmp_path / "missing").mkdir()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as log:
+        log.bind(str(tmp_path / "no-log.sock"))
+        config.chmod(0o644)
+        ok = run_lockrun("doctor", url=redis_server.url, env=env)
+    assert "fail  config" not in ok.stdout and "warn  config" not in ok.stdout, ok.stdout
+    assert "ok    config metrics_dir" in ok.stdout and "ok    config syslog" in ok.stdout
