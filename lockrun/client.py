@@ -45,7 +45,6 @@ def _sha(script: str) -> str:
     return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
 
 
-CLUSTER_SCHEME = "redis+cluster://"
 CLIENT_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
 
 
@@ -102,10 +101,8 @@ def _cluster_client(nodes: list[tuple[str, int]], auth: dict[str, Any],
                         **common)
 
 
-SENTINEL_SCHEME = "redis+sentinel://"
-
-
-def _sentinel_primary(url: str, common: dict[str, Any], password: str | None) -> redis.Redis:
+def _sentinel_primary(url: RedisURL, common: dict[str, Any],
+                      password: str | None) -> redis.Redis:
     """A client whose every new connection goes to the primary the sentinels name now.
 
     The sentinels get the same bounded, retry-free settings as the primary, so
@@ -114,10 +111,9 @@ def _sentinel_primary(url: str, common: dict[str, Any], password: str | None) ->
     """
     from lockrun.sentinel import Sentinels, primary_client
 
-    parsed = parse_redis_url(url)
-    sentinels = Sentinels(_hosts(parsed), str(parsed.service), dict(common))
-    return primary_client(sentinels, {"db": parsed.db, "decode_responses": True, **common,
-                                      **_auth(parsed, password)})
+    sentinels = Sentinels(_hosts(url), str(url.service), dict(common))
+    return primary_client(sentinels, {"db": url.db, "decode_responses": True, **common,
+                                      **_auth(url, password)})
 
 
 @dataclass(frozen=True)
@@ -169,7 +165,7 @@ class LockClient:
             self._factory = lambda: _cluster_client(nodes, auth, common)
             self._redis: Any = None
         elif self.follows_sentinel:
-            self._redis = _sentinel_primary(url, common, password)
+            self._redis = _sentinel_primary(parsed, common, password)
         else:
             self._redis = _direct_client(parsed, common, password, tls)
 

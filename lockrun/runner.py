@@ -92,9 +92,9 @@ def run(cfg: Config, out: Reporter) -> int:
         try:
             acq = lease.acquire()
         except RedisUnavailable as exc:
+            if exc.reply_lost:  # first: every other server skips until it is back
+                _try_give_back(lease, "the reply to the claim was lost")
             hooks.redis_unusable()
-            if exc.reply_lost:
-                _give_back_lost_reply(lease)
             return _redis_down(cfg, out, exc, program, env, inbox, hooks)
         _check_clock(cfg, out, (sent + time.time()) / 2 - acq.server_ms / 1000,
                      time.monotonic() - claimed_at)
@@ -141,7 +141,7 @@ def _still_ours(cfg: Config, out: Reporter, lease: Lease, claimed_at: float) -> 
     except RedisUnavailable as exc:
         out.error(f"{exc}; cannot confirm the claim on {cfg.key} fire {cfg.fire} before "
                   "starting the job, not running it")
-        _give_back(lease, cfg, out, "claim not confirmed before the start")
+        _try_give_back(lease, "claim not confirmed before the start")  # said once, above
         return None
     if not renewed.ok:
         out.error(f"lost the claim on {cfg.key} fire {cfg.fire} before the job started "
@@ -159,19 +159,20 @@ def _give_back(lease: Lease, cfg: Config, out: Reporter, reason: str) -> None:
                   f"skip it until its claim expires within {cfg.ttl:g}s")
 
 
-def _give_back_lost_reply(lease: Lease) -> None:
-    """An acquire that failed may still have run: give back a claim we never heard of.
+def _try_give_back(lease: Lease, reason: str) -> None:
+    """Give back a claim Redis just failed to confirm, saying nothing if that fails too.
 
-    With the reply lost (a timeout, a dropped connection), the script may
-    have claimed the fire; left alone, that claim makes every other server
-    skip for a whole ttl while this one does not run the job, and the fire
-    runs nowhere. The give-back compares the owner, so it removes only our
-    own claim, and it runs on a new connection (the failed one was closed).
+    After an acquire whose reply was lost (a timeout), the script may have
+    claimed the fire; left alone, that claim makes every other server skip
+    for a whole ttl while this one does not run the job, and the fire runs
+    nowhere. The give-back compares the owner, so it removes only our own
+    claim, and it runs on a new connection (the failed one was closed). The
+    caller has already printed its one line about Redis.
     """
     try:
-        lease.abandon("the reply to the claim was lost")
+        lease.abandon(reason)
     except RedisUnavailable:
-        pass  # Redis is still unusable; the caller reports that once
+        pass
 
 
 class NoHooks:
