@@ -262,6 +262,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point: nothing but parsing and mapping exceptions to exit statuses."""
     out = Reporter()
     try:
+        if os.environ.get("_LOCKRUN_COMPLETE"):  # the shell's TAB, before any file is read
+            from lockrun.completion import complete
+
+            sys.exit(complete(os.environ["_LOCKRUN_COMPLETE"]))
         args = sys.argv[1:] if argv is None else argv
         settings = load_settings({p.name: p for p in wrapper.params
                                   if p.name and isinstance(p, click.Option) and not p.is_eager})
