@@ -78,7 +78,8 @@ class _Command(click.Command):
               help="The job's cron schedule (5 fields or @daily...): the fire id becomes the "
                    "latest scheduled time, so late starts still agree.")
 @click.option("--tz", metavar="ZONE", **env("TZ"),
-              help="Time zone of --schedule.  [default: $CRON_TZ, $TZ, else the system's]")
+              help="Time zone of --schedule.  [default: the one of $CRON_TZ, $TZ and the "
+                   "system's in which this tick is a scheduled time]")
 @click.option("--grace", **duration(positive=True), default="60s", **env("GRACE"),
               help="With --schedule: skip (too-late) when started this long after the "
                    "scheduled time.  [default: 60s]")
@@ -167,9 +168,12 @@ def wrapper(**options: Any) -> int:
         if options["fire"] is not None:
             raise UsageError("--fire and --schedule cannot be used together: "
                              "--schedule derives the fire id")
-        from lockrun.schedule import validate, zone_from
+        from lockrun.schedule import cron_zones, slot_of_tick, validate, zone_from
 
-        slot = validate(options["schedule"], zone_from(options["tz"]), time.time())
+        if options["tz"] is not None:
+            slot = validate(options["schedule"], zone_from(options["tz"]), time.time())
+        else:  # the zone cron used: CRON_TZ (cronie) or the system's (Debian's cron)
+            slot = slot_of_tick(options["schedule"], cron_zones(), time.time())
     verbosity = (Verbosity.VERBOSE if options["verbose"]
                  else Verbosity.QUIET if options["quiet"] else Verbosity.NORMAL)
     if not options["command"]:

@@ -179,6 +179,41 @@ def current_slot(expr: str, zone: tzinfo, now: float) -> Slot:
     return Slot(fire.timestamp(), following.timestamp())
 
 
+def cron_zones() -> list[tzinfo]:
+    """The zones a cron daemon may have scheduled this tick in, when --tz is not given.
+
+    cronie schedules a crontab in its CRON_TZ; Debian's cron ignores CRON_TZ
+    and schedules in the system zone, yet hands CRON_TZ (and TZ) to the job.
+    Trusting one of them breaks every --schedule line under the other daemon:
+    each tick is "too late" in the zone the daemon did not use, silently.
+    """
+    zones: list[tzinfo] = []
+    for variable in ("CRON_TZ", "TZ"):
+        value = os.environ.get(variable)
+        if value:  # an empty variable counts as unset
+            zones.append(_zone(value, variable))
+    system = _system_zone()
+    if not any(_same_zone(system, z) for z in zones):
+        zones.append(system)
+    return zones
+
+
+def _same_zone(a: tzinfo, b: tzinfo) -> bool:
+    return a is b or str(a) == str(b)
+
+
+def slot_of_tick(expr: str, zones: list[tzinfo], now: float) -> Slot:
+    """The slot this tick belongs to in the zone that explains it: the latest among *zones*.
+
+    A tick cron started in one zone is a scheduled time (within the grace) in
+    that zone; in another zone whose offset differs, the latest slot is hours
+    old. Zone offsets differ by at least 15 minutes, so with any grace below
+    that the choice is unambiguous.
+    """
+    slots = [validate(expr, zone, now) for zone in zones]
+    return max(slots, key=lambda slot: slot.fire)
+
+
 def validate(expr: str, zone: tzinfo, now: float) -> Slot:
     """Parse and evaluate once, so a bad expression is a usage error before Redis is touched."""
     slot = current_slot(normalise(expr), zone, now)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import click
 import pytest
-from conftest import LOCKRUN, RedisServer, lockrun_env
+from conftest import LOCKRUN, RedisServer, faketime_env, lockrun_env
 
 from lockrun.admin_cli import admin
 from lockrun.cli import wrapper
@@ -471,16 +471,17 @@ def test_a_database_number_in_the_url_is_the_database_used(own_redis: RedisServe
 
 # TZ: what glibc accepts.
 
-def _expected_fire(zone_name: str) -> str:
-    """The latest 03:00 in *zone_name* (a tzdata zone with the same rules), as a fire id."""
+def _tick_at_three(zone_name: str) -> tuple[str, str]:
+    """A cron tick 20 s after 03:00 in *zone_name* (a tzdata zone with the same rules):
+    the faked clock for it, and the fire id that tick must get."""
     from zoneinfo import ZoneInfo
 
-    zone = ZoneInfo(zone_name)
-    now = datetime.now(zone)
-    fire = now.replace(hour=3, minute=0, second=0, microsecond=0)
-    if fire > now:
-        fire = (fire - timedelta(days=1)).replace(hour=3)
-    return fire.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    import time
+
+    fire = datetime(2026, 11, 22, 3, 0, tzinfo=ZoneInfo(zone_name)).astimezone(timezone.utc)
+    # an offset, not "@date": libfaketime reads a date in the zone under test
+    offset = round(fire.timestamp() + 20 - time.time())
+    return f"{offset:+d}", fire.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @pytest.mark.parametrize(("tz", "same_as"), [
@@ -497,15 +498,16 @@ def test_glibc_tz_forms_give_the_fire_of_the_matching_zone(redis_server: RedisSe
         pytest.skip("no tzdata files on this machine")
     if same_as == "Asia/Tehran" and datetime.now(timezone.utc).year != 2026:
         pytest.skip("Iran's rules may change again")  # +03:30 all year since 2023
-    env = lockrun_env(redis_server.url, LOCKRUN_CONFIG="", TZ=tz)
+    # cron ticked at 03:00:20 in that zone: only a TZ read as glibc reads it explains the tick
+    # (a misread one falls back to UTC or the system zone: a fire ran nowhere)
+    clock, fire = _tick_at_three(same_as)
+    env = faketime_env(redis_server.url, clock, LOCKRUN_CONFIG="", TZ=tz)
+    env["FAKETIME_DONT_FAKE_MONOTONIC"] = "0"  # shifted, still ticking: time.sleep() works
     env.pop("CRON_TZ", None)
-    r = subprocess.run([str(LOCKRUN), "-k", key, "--schedule", "0 3 * * *", "--grace", "2d",
+    r = subprocess.run([str(LOCKRUN), "-k", key, "--schedule", "0 3 * * *", "--max-skew", "0",
                         "--", "sh", "-c", "echo $LOCKRUN_FIRE"], env=env, capture_output=True,
                        text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    # the fire can move across 03:00 between our clock read and lockrun's: accept either
-    before = _expected_fire(same_as)
-    assert r.stdout.strip() in {before, _expected_fire(same_as)}
+    assert (r.returncode, r.stdout.strip(), r.stderr) == (0, fire, "")
 
 
 def test_a_posix_tz_rule_switches_to_and_from_dst_at_the_rule_instants() -> None:

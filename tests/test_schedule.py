@@ -269,3 +269,26 @@ def test_time_zone_comes_from_cron_tz(redis_server: RedisServer, key: str) -> No
     bad = run_lockrun("-k", key, "--schedule", "0 3 * * *", "--", "true", url=redis_server.url,
                       env=env)
     assert bad.returncode == 64 and "CRON_TZ" in bad.stderr
+
+
+@pytest.mark.parametrize(("tick", "fire"), [
+    ("2026-11-22 03:00:20", "2026-11-22T03:00:00Z"),  # Debian's cron: the system zone (UTC)
+    ("2026-11-22 08:00:20", "2026-11-22T08:00:00Z"),  # cronie: CRON_TZ's 03:00
+])
+def test_without_tz_the_zone_that_explains_the_tick_is_used(redis_server: RedisServer, key: str,
+                                                            tick: str, fire: str) -> None:
+    """Debian's cron ignores CRON_TZ, cronie honours it: the same crontab runs under both.
+
+    Before, CRON_TZ alone decided, and every tick of Debian's cron was "too late".
+    """
+    env = faketime_env(redis_server.url, f"@{tick}", CRON_TZ="America/New_York", TZ="UTC")
+    r = run_lockrun("-k", key, "--schedule", "0 3 * * *", "--max-skew", "0", "--", "sh", "-c",
+                    'echo "$LOCKRUN_FIRE"', url=redis_server.url, env=env)
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"{fire}\n", "")
+
+
+def test_an_explicit_tz_is_not_second_guessed(redis_server: RedisServer, key: str) -> None:
+    env = faketime_env(redis_server.url, "@2026-11-22 03:00:20", TZ="UTC")
+    r = run_lockrun("-k", key, "--schedule", "0 3 * * *", "--tz", "America/New_York",
+                    "--max-skew", "0", "--", "echo", "ran", url=redis_server.url, env=env)
+    assert r.stdout == "" and "ran nowhere" in r.stderr
