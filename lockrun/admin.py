@@ -53,6 +53,8 @@ class FireRun:
     start_ms: int | None = None
     end_ms: int | None = None
     exit: int | None = None
+    recorded_late: bool = False
+    """The job ended while Redis was unusable; its server recorded the end afterwards."""
 
     @property
     def duration_s(self) -> float | None:
@@ -130,7 +132,10 @@ class Admin:
             if event == "start":
                 run.start_ms, run.fence, run.outcome = at_ms, fields.get("fence", ""), "started"
             elif event == "end":
-                run.end_ms = at_ms
+                # a kept end carries the real end time; the stream id is when it arrived
+                real_end = fields.get("end_ms", "")
+                run.end_ms = int(real_end) if real_end.isdigit() else at_ms
+                run.recorded_late = fields.get("late") == "1"
                 run.exit = int(fields["exit"]) if fields.get("exit", "").lstrip("-").isdigit() \
                     else None
                 outcome = fields.get("outcome", "exited")

@@ -132,7 +132,8 @@ def history(key: str, limit: int, schedule: str | None, tz: str | None, grace: f
         return
     _table(["FIRE", "HOST", "START", "END", "DURATION", "OUTCOME", "EXIT"],
            [[r.fire, r.host or "-", _when(r.start_ms), _when(r.end_ms), _seconds(r.duration_s),
-             r.outcome, "-" if r.exit is None else str(r.exit)] for r in rows])
+             r.outcome + (" (recorded late)" if r.recorded_late else ""),
+             "-" if r.exit is None else str(r.exit)] for r in rows])
 
 
 @admin.command()

@@ -22,6 +22,7 @@ from lockrun.options import (
     http_url,
     name,
     password,
+    state_dir,
     tls_files,
     writable_dir,
 )
@@ -125,6 +126,10 @@ class _Command(click.Command):
                    "then URL on success or URL/<exit code> on failure.")
 @click.option("--metrics-dir", metavar="DIR", callback=writable_dir, **env("METRICS_DIR"),
               help="Write a Prometheus textfile (lockrun_<key>.prom) here on every fire.")
+@click.option("--state-dir", metavar="DIR", callback=state_dir, **env("STATE_DIR"),
+              help="Where this user's lockrun state lives on this server (outages, job ends "
+                   "to record later); '' turns it off.  [default: /var/lib/lockrun for root, "
+                   "else ~/.local/state/lockrun or /var/tmp/lockrun-UID]")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               **env("LOG_FORMAT"), help="Messages as text lines or JSON objects.  "
                                         "[default: text]")
@@ -208,6 +213,7 @@ def wrapper(**options: Any) -> int:
         wait_timeout=options["wait_timeout"],
         strict_replicas=options["strict_replicas"],
         mail_on_failure=options["mail_on_failure"],
+        state_dir=options["state_dir"],
     )
     out = Reporter(verbosity, json_lines=options["log_format"] == "json", syslog=options["syslog"])
     out.context = {"key": cfg.key, "fire": cfg.fire}

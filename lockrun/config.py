@@ -45,6 +45,8 @@ class Config:
     wait_timeout: float = 1.0
     strict_replicas: bool = False
     mail_on_failure: bool = False
+    state_dir: str | None = None
+    """None: the default for this user (lockrun.state.default_dir); '': no state."""
 
     def __post_init__(self) -> None:
         _check_timing(self)

@@ -133,6 +133,22 @@ def writable_dir(ctx: click.Context, param: click.Parameter, value: str | None) 
     return value
 
 
+def state_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An absolute path or '' (off); it need not exist: lockrun creates it when it must.
+
+    Not checked for writability here: a state directory that cannot be used
+    must never change an exit status, only make lockrun report every failure.
+    """
+    if value is None or value == "":
+        return value
+    from lockrun.durations import shown
+
+    if not value.startswith("/") or "\0" in value:
+        raise click.BadParameter(f"{shown(value, 200)}: give an absolute path, or '' to keep "
+                                 "no state", ctx, param)
+    return value
+
+
 def readable_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """A regular file: a FIFO or a device would block or feed the TLS library garbage."""
     if value is None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from lockrun.client import CLIENT_ERRORS, LockClient
 from lockrun.errors import PossibleDuplicate, RedisUnavailable
 from lockrun.output import redact
+from lockrun.state import KeptEnd
 
 HISTORY_MAXLEN = 1000
 """Approximate cap of the per-job history stream (``XADD MAXLEN ~``)."""
@@ -409,3 +410,53 @@ class Lease:
 RELEASE_STEPS = 6
 """Servers the release writes to before it says it cannot be sure: the named primary, the
 silent replicas that turned primary, the primary named after a failover, and again."""
+
+
+# The end of a job that finished while Redis was unusable, recorded by the next
+# lockrun on that server that reaches Redis. The claim may still be ours, may
+# have expired (nothing there, or a too-late record), or may belong to a server
+# that ran the fire again after it expired: only in the first two cases does
+# the fire become done, so a late server still skips it; the history gets the
+# real outcome and end time in every case, instead of a start without an end.
+KEPT_END_SCRIPT = """
+if string.find(redis.call('INFO', 'replication'), 'role:slave', 1, true) then
+  return {'replica'}
+end
+local owner, retention, guard = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local exit, outcome, end_ms, fence = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+if guard == '1' and redis.call('HGET', KEYS[2], 'owner') == owner then
+  redis.call('DEL', KEYS[2])
+end
+local h = redis.call('HMGET', KEYS[1], 'owner', 'state')
+if h[1] == owner and h[2] == 'done' then
+  return {'already'}
+end
+local result = 'history'
+if (h[1] == owner and h[2] == 'running') or not h[1] then
+  result = 'recorded'
+  if retention > 0 then
+    redis.call('HSET', KEYS[1], 'owner', owner, 'state', 'done', 'fence', fence,
+      'host', ARGV[5], 'end', end_ms, 'exit', exit, 'outcome', outcome, 'late', '1')
+    redis.call('PEXPIRE', KEYS[1], retention)
+  end
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'event', 'end',
+  'fire', ARGV[4], 'owner', owner, 'host', ARGV[5], 'pid', ARGV[6], 'fence', fence,
+  'exit', exit, 'outcome', outcome, 'end_ms', end_ms, 'late', '1')
+return {result}
+"""
+
+
+def record_kept_end(client: LockClient, end: KeptEnd) -> str:
+    """Record an end kept on this server: 'recorded', 'history' (only) or 'already'."""
+    k = job_keys(end.key, end.fire, end.prefix)
+    left_ms = int((end.ended_at + end.retention_s - time.time()) * 1000)
+    args: list[str | int] = [end.owner, max(0, left_ms), "1" if end.guard else "0", end.fire,
+                             end.host, os.getpid(), HISTORY_MAXLEN, int(end.exit_code),
+                             end.outcome, round(end.ended_at * 1000), end.fence]
+    r = client.call_retrying(KEPT_END_SCRIPT, [k["fire"], k["running"], k["hist"]], args)
+    if r[0] == "replica":
+        raise RedisUnavailable(
+            f"Redis at {redact(client.url)} answered as a replica: cannot record a kept end "
+            "there", client.error_exit_code)
+    return str(r[0])

@@ -15,6 +15,7 @@ from lockrun.errors import LockrunError, PossibleDuplicate, RedisUnavailable
 from lockrun.exitcodes import ExitCode, from_wait_status
 from lockrun.output import Reporter
 from lockrun.protocol import Acquired, Lease, new_owner
+from lockrun.state import SHOWN_FIRES, HostState, KeptEnd
 from lockrun.supervise import Child, SignalInbox, resolve_command
 
 if TYPE_CHECKING:
@@ -69,10 +70,12 @@ def run(cfg: Config, out: Reporter) -> int:
     program = resolve_command(cfg.command, env)
     client = LockClient(cfg.redis_url, cfg.redis_timeout, cfg.error_exit_code,
                         cfg.redis_password, cfg.tls)
+    state = host_state(cfg)
     if cfg.slot is not None and time.time() - cfg.slot.fire > cfg.grace:
         try:
-            return _too_late(cfg, out, cfg.slot, client, hooks)
+            return _too_late(cfg, out, cfg.slot, client, hooks, state)
         finally:
+            _recover(cfg, out, client, state)
             client.close()
     inbox = SignalInbox()
     try:
@@ -95,7 +98,8 @@ def run(cfg: Config, out: Reporter) -> int:
             if exc.reply_lost:  # first: every other server skips until it is back
                 _try_give_back(lease, "the reply to the claim was lost")
             hooks.redis_unusable()
-            return _redis_down(cfg, out, exc, program, env, inbox, hooks)
+            return _redis_down(cfg, out, exc, program, env, inbox, hooks, state)
+        state.redis_ok()
         _check_clock(cfg, out, (sent + time.time()) / 2 - acq.server_ms / 1000,
                      time.monotonic() - claimed_at)
         if not acq.won:
@@ -113,17 +117,95 @@ def run(cfg: Config, out: Reporter) -> int:
             _give_back(lease, cfg, out, f"stop signal {signal.Signals(sig).name} before the "
                                         "job started")
             return ExitCode.SIGNAL_BASE + sig
-        lease_from = _still_ours(cfg, out, lease, claimed_at)
+        lease_from = _still_ours(cfg, out, lease, claimed_at, state)
         if lease_from is None:
             hooks.redis_unusable()
             return cfg.error_exit_code
-        return Supervisor(cfg, out, inbox, lease, lease_from, hooks).run(program, env)
+        return Supervisor(cfg, out, inbox, lease, lease_from, hooks, state).run(program, env)
     finally:
         inbox.close()
+        _recover(cfg, out, client, state)
         client.close()
 
 
-def _still_ours(cfg: Config, out: Reporter, lease: Lease, claimed_at: float) -> float | None:
+def host_state(cfg: Config) -> HostState:
+    """This user's memory on this server; --state-dir '' turns it off."""
+    from lockrun.state import default_dir
+
+    directory = cfg.state_dir if cfg.state_dir is not None else default_dir()
+    return HostState(directory or None, cfg.redis_url)
+
+
+def _outage_line(state: HostState, say: str | None, text: str) -> str | None:
+    """The line for a Redis failure: the first of an outage, an hourly reminder, or none.
+
+    cron mails every line, and during an outage every crontab line of every
+    server fails each minute: one line per server and user says it, the rest
+    stay quiet until Redis answers again (then one line says what was missed).
+    """
+    if say is None:
+        return None
+    if say == "reminder":
+        since = state.since()
+        ago = _human(time.time() - since) if since is not None else "an hour"
+        return f"{text} (still failing: first failure on this server {ago} ago)"
+    if state.problem:
+        return f"{text} (every failure is reported: {state.problem})"
+    if state.path is None:
+        return text
+    return f"{text} (further failures on this server stay quiet until Redis is back)"
+
+
+def _human(seconds: float) -> str:
+    """4m10s, 2h5m, 3d1h: two units are enough to read an outage's length."""
+    s = max(0, round(seconds))
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if s >= size or (unit == "s" and not parts):
+            parts.append(f"{s // size}{unit}")
+            s %= size
+    return "".join(parts[:2])
+
+
+def _recover(cfg: Config, out: Reporter, client: LockClient, state: HostState) -> None:
+    """Redis answered this invocation: if this server was in an outage, close it, once.
+
+    Records the job ends kept meanwhile, then says in one line how long Redis
+    was unusable and which fires this server did not run.
+    """
+    if not state.last_ok:
+        return
+    outage = state.take_outage()
+    if outage is None:
+        return
+    from lockrun.output import redact
+    from lockrun.protocol import record_kept_end
+
+    recorded = 0
+    for end in outage.ends:
+        try:
+            if record_kept_end(client, end) != "already":  # else its own release got there
+                recorded += 1
+        except RedisUnavailable:
+            state.redis_failed(end=end)  # kept for the next lockrun that reaches Redis
+    names = [f"{key} {fire}" for key, fire in outage.missed[:SHOWN_FIRES]]
+    more = len(outage.missed) - len(names)
+    if outage.missed:
+        what = (f"this server did not run {len(outage.missed)} "
+                f"fire{'s' if len(outage.missed) != 1 else ''} meanwhile: " + ", ".join(names)
+                + (f" and {more} more" if more else "")
+                + (" (and more not listed)" if outage.missed_uncounted else ""))
+    else:
+        what = "this server missed no fire meanwhile"
+    if recorded:
+        what += (f"; recorded the end of {recorded} job{'s' if recorded != 1 else ''} that "
+                 "finished meanwhile")
+    out.error(f"Redis at {redact(cfg.redis_url)} is usable again after "
+              f"{_human(time.time() - outage.since)}; {what}")
+
+
+def _still_ours(cfg: Config, out: Reporter, lease: Lease, claimed_at: float,
+                state: HostState) -> float | None:
     """Right before the job starts: is the claim still ours, with most of its ttl left?
 
     Nothing between the claim and this point may block past the Redis timeout
@@ -139,8 +221,11 @@ def _still_ours(cfg: Config, out: Reporter, lease: Lease, claimed_at: float) -> 
     try:
         renewed = lease.renew()
     except RedisUnavailable as exc:
-        out.error(f"{exc}; cannot confirm the claim on {cfg.key} fire {cfg.fire} before "
-                  "starting the job, not running it")
+        line = _outage_line(state, state.redis_failed(missed=(cfg.key, cfg.fire)),
+                            f"{exc}; cannot confirm the claim on {cfg.key} fire {cfg.fire} "
+                            "before starting the job, not running it")
+        if line:
+            out.error(line)
         _try_give_back(lease, "claim not confirmed before the start")  # said once, above
         return None
     if not renewed.ok:
@@ -205,7 +290,7 @@ def _lease(cfg: Config, client: LockClient, guard: bool) -> Lease:
 
 
 def _too_late(cfg: Config, out: Reporter, slot: Slot, client: LockClient,
-              hooks: Hooks | NoHooks) -> int:
+              hooks: Hooks | NoHooks, state: HostState) -> int:
     """Past the grace, this tick must not start the fire; the first to notice records it.
 
     A fire that ran nowhere needs an operator, so the one server that records
@@ -223,8 +308,13 @@ def _too_late(cfg: Config, out: Reporter, slot: Slot, client: LockClient,
                       "scheduled time)")
     except RedisUnavailable as exc:
         hooks.redis_unusable()
-        out.error(f"{exc}; fire {cfg.fire} of {cfg.key} is past its grace, not running it")
+        line = _outage_line(state, state.redis_failed(missed=(cfg.key, cfg.fire)),
+                            f"{exc}; fire {cfg.fire} of {cfg.key} is past its grace, not "
+                            "running it")
+        if line:
+            out.error(line)
         return exc.exit_code if cfg.on_redis_error == "fail" else cfg.skip_exit_code
+    state.redis_ok()
     hooks.skipped()
     return cfg.skip_exit_code
 
@@ -273,36 +363,66 @@ def _skip_reason(cfg: Config, acq: Acquired) -> str:
 
 
 def _redis_down(cfg: Config, out: Reporter, exc: RedisUnavailable, program: str,
-                env: dict[str, str], inbox: SignalInbox, hooks: Hooks | NoHooks) -> int:
-    """Apply --on-redis-error; every policy says so on stderr, because cron mails it."""
+                env: dict[str, str], inbox: SignalInbox, hooks: Hooks | NoHooks,
+                state: HostState) -> int:
+    """Apply --on-redis-error; every policy says so on stderr (once per outage and server,
+    because cron mails it)."""
+    runs = cfg.on_redis_error == "run"
+    say = state.redis_failed(missed=None if runs else (cfg.key, cfg.fire))
     if cfg.on_redis_error == "skip":
-        out.error(f"{exc}; skipping fire {cfg.fire} of {cfg.key} (--on-redis-error skip)")
+        text = f"{exc}; skipping fire {cfg.fire} of {cfg.key} (--on-redis-error skip)"
+    elif runs:
+        text = f"{exc}; running {cfg.key} WITHOUT a lock (--on-redis-error run)"
+    else:
+        text = f"{exc}; not running {cfg.key}"
+    line = _outage_line(state, say, text)
+    if line:
+        out.error(line)
+    if cfg.on_redis_error == "skip":
         return cfg.skip_exit_code
-    if cfg.on_redis_error == "run":
-        out.error(f"{exc}; running {cfg.key} WITHOUT a lock (--on-redis-error run)")
-        return Supervisor(cfg, out, inbox, None, time.monotonic(), hooks).run(program, env)
-    out.error(f"{exc}; not running {cfg.key}")
+    if runs:
+        return Supervisor(cfg, out, inbox, None, time.monotonic(), hooks, state).run(program,
+                                                                                     env)
     return exc.exit_code
 
 
-def _release(lease: Lease, cfg: Config, out: Reporter, code: int, outcome: str) -> None:
+def _release(lease: Lease, cfg: Config, out: Reporter, code: int, outcome: str,
+             state: HostState) -> None:
     try:
         if not lease.release(cfg.retention_ms(time.time()), code, outcome):
             out.error(f"lease on {cfg.key} fire {cfg.fire} was lost before the job ended; "
                       "another server may have run this fire too")
+        else:
+            state.redis_ok()
     except PossibleDuplicate as exc:  # recorded, but maybe not where the next server looks
         out.error(str(exc))
     except RedisUnavailable as exc:
-        out.error(f"{exc}; could not record the end of fire {cfg.fire} of {cfg.key}: "
-                  f"its claim expires within {cfg.ttl:g}s")
+        say = state.redis_failed(end=_kept_end(lease, cfg, code, outcome))
+        if state.kept:
+            text = (f"{exc}; could not record the end of fire {cfg.fire} of {cfg.key} yet: "
+                    f"kept in {state.directory} until Redis answers again")
+        else:
+            text = (f"{exc}; could not record the end of fire {cfg.fire} of {cfg.key}: "
+                    f"its claim expires within {cfg.ttl:g}s")
+        line = _outage_line(state, say, text)
+        if line:
+            out.error(line)
+
+
+def _kept_end(lease: Lease, cfg: Config, code: int, outcome: str) -> KeptEnd:
+    """What the done record and the history need, to be written once Redis answers."""
+    now = time.time()
+    return KeptEnd(lease.prefix, cfg.key, cfg.fire, lease.owner, lease.host, lease.fence,
+                   lease.guard, int(code), outcome, now, cfg.retention_ms(now) / 1000)
 
 
 class Supervisor:
     """The wait loop: forward signals, renew the lease, enforce --timeout, reap."""
 
     def __init__(self, cfg: Config, out: Reporter, inbox: SignalInbox, lease: Lease | None,
-                 acquired_at: float, hooks: Hooks | NoHooks) -> None:
+                 acquired_at: float, hooks: Hooks | NoHooks, state: HostState) -> None:
         self.cfg = cfg
+        self.state = state
         self.hooks = hooks
         self.out = out
         self.inbox = inbox
@@ -369,7 +489,7 @@ class Supervisor:
             self._record_lost_end(int(code))
         elif self.lease is not None:
             outcome = "timeout" if self.timed_out else "exited"
-            _release(self.lease, cfg, self.out, int(code), outcome)
+            _release(self.lease, cfg, self.out, int(code), outcome, self.state)
         if cfg.mail_on_failure and code != 0 and not self.timed_out:  # a timeout said so
             # cron mails output only: a job that fails silently would go unnoticed
             self.out.error(f"{cfg.key} fire {cfg.fire} failed on {socket.gethostname()} with "
@@ -381,8 +501,8 @@ class Supervisor:
         assert self.lease is not None
         try:
             self.lease.release(self.cfg.retention_ms(time.time()), code, "lost")
-        except RedisUnavailable:
-            pass  # the loss was already reported; history is best effort here
+        except RedisUnavailable:  # the loss was already reported: keep the end, quietly
+            self.state.redis_failed(end=_kept_end(self.lease, self.cfg, code, "lost"))
 
     def _stop(self, child: Child, now: float) -> None:
         child.signal_tree(signal.SIGTERM)
@@ -397,10 +517,15 @@ class Supervisor:
                 renewed = self.lease.renew()
             except RedisUnavailable as exc:
                 if not self.renew_failing:
-                    self.out.warning(f"{exc}; cannot renew the lease on {self.cfg.key}, retrying")
+                    line = _outage_line(self.state, self.state.redis_failed(),
+                                        f"{exc}; cannot renew the lease on {self.cfg.key}, "
+                                        "retrying")
+                    if line:
+                        self.out.warning(line)
                 self.renew_failing = True
                 self.next_renew = now + self.retry_interval
             else:
+                self.state.redis_ok()
                 if renewed.ok:
                     self.renew_failing = False
                     self.lease_deadline = now + self.cfg.ttl

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +23,12 @@ LOCKRUN = Path(sys.executable).parent / "lockrun"
 # empty LOCKRUN_CONFIG means "no file"; every environment below derives from this one,
 # and tests that want a file name it explicitly.
 os.environ["LOCKRUN_CONFIG"] = ""
+# Nor its state (/var/lib/lockrun, ~/.local/state/lockrun): each environment built
+# below gets a state directory of its own, so an outage one test provokes is not
+# "recovered" in another test's stderr.
+_STATE_ROOT = Path(tempfile.mkdtemp(prefix="lockrun-test-state-"))
+atexit.register(shutil.rmtree, _STATE_ROOT, ignore_errors=True)
+os.environ["LOCKRUN_STATE_DIR"] = str(_STATE_ROOT / "session")
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0,
@@ -27,6 +36,19 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0,
     """Poll with a deadline instead of sleeping a fixed time."""
     if not wait_until(predicate, timeout):
         raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+HOST_STATE = ("/var/lib/lockrun", os.path.expanduser("~/.local/state/lockrun"),
+              f"/var/tmp/lockrun-{os.geteuid()}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _host_state_untouched() -> Iterator[None]:
+    """The suite must neither read nor write this host's own lockrun state."""
+    before = {path: os.path.lexists(path) for path in HOST_STATE}
+    yield
+    created = [path for path, existed in before.items() if not existed and os.path.lexists(path)]
+    assert created == [], f"the test suite created host state: {created}"
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +75,7 @@ def key() -> str:
 def lockrun_env(url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOCKRUN_")}
     env["LOCKRUN_CONFIG"] = ""  # see above: never the host's /etc/lockrun.toml
+    env["LOCKRUN_STATE_DIR"] = tempfile.mkdtemp(dir=_STATE_ROOT)  # nor its state
     env["LOCKRUN_REDIS_URL"] = url
     env.update(extra)
     return env

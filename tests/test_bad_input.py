@@ -270,6 +270,7 @@ LEGITIMATE: dict[str, set[str]] = {
     "key": NAME_LIKE,
     "fire": NAME_LIKE,
     "key_prefix": NAME_LIKE,
+    "state_dir": {""},  # no state kept: a legitimate choice, not a typo
 }
 
 
@@ -474,9 +475,8 @@ def test_a_database_number_in_the_url_is_the_database_used(own_redis: RedisServe
 def _tick_at_three(zone_name: str) -> tuple[str, str]:
     """A cron tick 20 s after 03:00 in *zone_name* (a tzdata zone with the same rules):
     the faked clock for it, and the fire id that tick must get."""
-    from zoneinfo import ZoneInfo
-
     import time
+    from zoneinfo import ZoneInfo
 
     fire = datetime(2026, 11, 22, 3, 0, tzinfo=ZoneInfo(zone_name)).astimezone(timezone.utc)
     # an offset, not "@date": libfaketime reads a date in the zone under test

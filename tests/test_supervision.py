@@ -333,7 +333,7 @@ def test_the_jobs_environment_is_lockruns_plus_the_fire_variables(redis_server: 
     """Under cron's bare C locale too: Python's locale coercion must not reach the job."""
     dump = tmp_path / "env"
     given = {"PATH": "/usr/bin:/bin", "LANG": "C", "LOCKRUN_CONFIG": "",
-             "LOCKRUN_REDIS_URL": redis_server.url}
+             "LOCKRUN_STATE_DIR": str(tmp_path / "state"), "LOCKRUN_REDIS_URL": redis_server.url}
     r = subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in given.items()), str(LOCKRUN),
                         "-k", key, "--", "sh", "-c", f"env -0 > {dump}"],
                        capture_output=True, text=True, timeout=60)

@@ -312,7 +312,9 @@ class Fleet:
               role: str, job_sleep: float = 0.0) -> Proc:
         """Start lockrun now, its wall clock reading *clock*."""
         env = dict(self.base_env)
+        # each simulated server keeps its own lockrun state, as real servers do
         env.update(FAKETIME=faketime_spec(clock), LOCKRUN_REDIS_URL=url,
+                   LOCKRUN_STATE_DIR=str(self.workdir / "state" / start.server.name),
                    SIM_SERVER=start.server.name, SIM_RUNS_LOG=str(log),
                    SIM_JOB_SLEEP=f"{job_sleep:g}")
         cmd = [str(self.lockrun), "--max-skew", "0", *args, "--", "sh", "-c", JOB]

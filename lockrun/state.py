@@ -1,0 +1,320 @@
+"""What one server remembers between invocations, so cron mails an operator once.
+
+Every crontab line is a separate lockrun process. Without memory, a Redis
+outage makes each line on each server print its error every minute (one mail
+each), and a job that ends while Redis is down loses its exit status. Here,
+per user and per Redis address, the first failure creates an outage file and
+says so; later failures append the fire they could not run (and any job end
+they could not record) and stay quiet, except for one reminder per hour; the
+first lockrun that reaches that Redis again takes the file, records the kept
+ends and says, once, how long it lasted and what this server did not run.
+
+Nothing here may change an exit status: a state directory that cannot be
+created or written just means every failure is reported, as if there were no
+memory at all.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+
+REMINDER_EVERY = 3600.0
+"""While an outage lasts, one reminder per this many seconds per server and user."""
+
+MISSED_BYTES_MAX = 256 * 1024
+"""Past this size an outage file stops listing missed fires (it only counts them); the
+ends it keeps are never dropped."""
+
+SHOWN_FIRES = 10
+"""Fires named in the recovery line; the rest are counted."""
+
+
+def default_dir() -> str:
+    """Root: /var/lib/lockrun. Others: the XDG state home, else a private dir in /var/tmp.
+
+    Under cron a user's HOME may be /nonexistent or root-owned (nobody,
+    www-data); /var/tmp survives reboots like the other two, and the
+    directory is checked to be the user's own before it is used.
+    """
+    uid = os.geteuid()
+    if uid == 0:
+        return "/var/lib/lockrun"
+    xdg = os.environ.get("XDG_STATE_HOME", "")
+    if xdg.startswith("/"):
+        return os.path.join(xdg, "lockrun")
+    home = os.environ.get("HOME", "")
+    if home.startswith("/"):
+        try:
+            st = os.stat(home)
+        except OSError:
+            pass
+        else:
+            if st.st_uid == uid and os.access(home, os.W_OK | os.X_OK):
+                return os.path.join(home, ".local", "state", "lockrun")
+    return f"/var/tmp/lockrun-{uid}"  # noqa: S108 - owner, type and mode checked before use
+
+
+def redis_slug(url: str) -> str:
+    """A file-name-safe name for one Redis address: scheme, hosts and db, no credentials."""
+    scheme, sep, rest = url.partition("://")
+    rest = rest.rpartition("@")[2] if sep else url
+    rest = rest.split("?", 1)[0]
+    text = f"{scheme}_{rest}" if sep else rest
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:150]
+
+
+@dataclass(frozen=True)
+class KeptEnd:
+    """A job end that could not be recorded in Redis, with what its record needs."""
+
+    prefix: str
+    key: str
+    fire: str
+    owner: str
+    host: str
+    fence: int
+    guard: bool
+    exit_code: int
+    outcome: str
+    ended_at: float
+    retention_s: float
+
+    def to_json(self) -> dict[str, object]:
+        return {"prefix": self.prefix, "key": self.key, "fire": self.fire, "owner": self.owner,
+                "host": self.host, "fence": self.fence, "guard": self.guard, "exit": self.exit_code,
+                "outcome": self.outcome, "ended_at": self.ended_at,
+                "retention_s": self.retention_s}
+
+    @classmethod
+    def from_json(cls, data: object) -> KeptEnd | None:
+        if not isinstance(data, dict):
+            return None
+        try:
+            return cls(str(data["prefix"]), str(data["key"]), str(data["fire"]),
+                       str(data["owner"]), str(data["host"]), int(data["fence"]),
+                       bool(data["guard"]),
+                       int(data["exit"]), str(data["outcome"]), float(data["ended_at"]),
+                       float(data["retention_s"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass
+class Outage:
+    """An outage file taken over by the lockrun that reached Redis again."""
+
+    since: float
+    missed: list[tuple[str, str]] = field(default_factory=list)
+    missed_uncounted: bool = False
+    ends: list[KeptEnd] = field(default_factory=list)
+
+
+class HostState:
+    """One user's memory on this server for one Redis address.
+
+    *directory* None means no usable directory: every call then reports
+    "say it" and keeps nothing.
+    """
+
+    def __init__(self, directory: str | None, redis_url: str) -> None:
+        self.directory = directory
+        self.path = os.path.join(directory, redis_slug(redis_url) + ".outage") \
+            if directory else None
+        self.last_ok = False
+        """Redis answered this invocation's latest call: it may announce a recovery."""
+        self.kept = False
+        """The last failure's line (a missed fire, a job's end) is in the outage file."""
+        self.problem = ""
+        """Why the directory could not be used, for the one line that is printed anyway."""
+
+    # ---------------------------------------------------------------- failures
+
+    def redis_failed(self, missed: tuple[str, str] | None = None,
+                     end: KeptEnd | None = None) -> str | None:
+        """Remember a failure; return what to say ('first', 'reminder') or None for silence."""
+        self.last_ok = False
+        self.kept = False
+        if self.path is None or not self._ensure_dir():
+            return "first"
+        line = _record(missed, end)
+        for _ in range(3):  # the file may be taken by a recovery between two steps
+            if self._create(line):
+                self.kept = True
+                return "first"
+            if self.problem:
+                return "first"
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                self.problem = f"cannot write {self.path}: {exc.strerror}"
+                return "first"
+            try:
+                if end is not None or os.fstat(fd).st_size < MISSED_BYTES_MAX:
+                    os.write(fd, line)  # O_APPEND: concurrent lines never overwrite
+                    self.kept = True
+            except OSError as exc:
+                self.problem = f"cannot write {self.path}: {exc.strerror}"
+                return "first"
+            finally:
+                os.close(fd)
+            return "reminder" if self._reminder_due() else None
+        return "first"
+
+    def _create(self, line: bytes) -> bool:
+        """Make the outage file with its start time first, atomically (link fails if present)."""
+        assert self.path is not None and self.directory is not None
+        tmp = os.path.join(self.directory, f".new-{os.getpid()}-{time.monotonic_ns()}")
+        header = b'{"since": %.3f}\n' % time.time()
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, header + line)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                return False
+            return True
+        except OSError as exc:
+            self.problem = f"cannot write in {self.directory}: {exc.strerror}"
+            return False
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+    def _reminder_due(self) -> bool:
+        """One reminder per hour of outage: the first to create that hour's marker says it."""
+        assert self.path is not None
+        since = self._since()
+        if since is None:
+            return False
+        hour = int((time.time() - since) // REMINDER_EVERY)
+        if hour < 1:
+            return False
+        try:
+            os.close(os.open(f"{self.path}.h{hour}", os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                             | os.O_NOFOLLOW, 0o600))
+        except OSError:
+            return False
+        return True
+
+    def _since(self) -> float | None:
+        assert self.path is not None
+        try:
+            with open(self.path, "rb") as f:
+                first = f.readline(200)
+        except OSError:
+            return None
+        match = re.match(rb'\{"since": ([0-9.]+)\}', first)
+        return float(match.group(1)) if match else None
+
+    def since(self) -> float | None:
+        """When the outage this server is in began, if it is in one."""
+        return self._since() if self.path else None
+
+    def _ensure_dir(self) -> bool:
+        """Create the directory 0700 on first use; use it only if it is ours and private."""
+        assert self.directory is not None
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            st = os.lstat(self.directory)
+        except OSError as exc:
+            self.problem = f"cannot create {self.directory}: {exc.strerror}"
+            return False
+        import stat
+
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            # /var/tmp is shared: a directory someone else made (or a symlink) is a trap
+            self.problem = (f"{self.directory} is not a private directory of uid "
+                            f"{os.geteuid()}")
+            return False
+        return True
+
+    # ---------------------------------------------------------------- recovery
+
+    def redis_ok(self) -> None:
+        """Redis answered: a recovery may be announced at the end of this invocation."""
+        self.last_ok = True
+
+    def take_outage(self) -> Outage | None:
+        """After Redis answered: take the outage file if there is one (only one process can).
+
+        The common case is one failed stat; the rename decides which of several
+        processes reaching Redis at once reports the recovery.
+        """
+        if self.path is None or not self.last_ok:
+            return None
+        taken = f"{self.path}.taken-{os.getpid()}"
+        try:
+            os.rename(self.path, taken)
+        except OSError:
+            return None  # no outage (the common case), or another process took it
+        try:
+            with open(taken, "rb") as f:
+                data = f.read()
+        except OSError:
+            data = b""
+        finally:
+            self._remove(taken)
+        self._remove_reminders()
+        return _parse(data)
+
+    def _remove_reminders(self) -> None:
+        assert self.path is not None and self.directory is not None
+        prefix = os.path.basename(self.path) + ".h"
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(prefix):
+                self._remove(os.path.join(self.directory, name))
+
+    @staticmethod
+    def _remove(path: str) -> None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _record(missed: tuple[str, str] | None, end: KeptEnd | None) -> bytes:
+    import json
+
+    if end is not None:
+        return json.dumps({"end": end.to_json()}).encode() + b"\n"
+    if missed is not None:
+        return json.dumps({"missed": list(missed)}).encode() + b"\n"
+    return b""
+
+
+def _parse(data: bytes) -> Outage:
+    import json
+
+    outage = Outage(since=time.time(), missed_uncounted=len(data) >= MISSED_BYTES_MAX)
+    for raw in data.splitlines():
+        try:
+            item = json.loads(raw)
+        except ValueError:
+            continue  # a line cut short by a crash: the rest still counts
+        if not isinstance(item, dict):
+            continue
+        if "since" in item and isinstance(item["since"], (int, float)):
+            outage.since = min(outage.since, float(item["since"]))
+        elif "missed" in item and isinstance(item["missed"], list) and len(item["missed"]) == 2:
+            pair = (str(item["missed"][0]), str(item["missed"][1]))
+            if pair not in outage.missed:
+                outage.missed.append(pair)
+        elif "end" in item:
+            end = KeptEnd.from_json(item["end"])
+            if end is not None:
+                outage.ends.append(end)
+    return outage
