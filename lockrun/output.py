@@ -3,6 +3,7 @@
 import re
 import sys
 from enum import IntEnum
+from typing import Protocol
 
 _URL_TOKEN = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<rest>[^\s]*)")
 _PLAIN_USER = re.compile(r"[A-Za-z0-9._~-]*", re.ASCII)
@@ -50,6 +51,14 @@ _SEVERITY = {"error": 3, "warning": 4, "info": 6}
 _LOG_CRON = 9
 
 
+class Notices(Protocol):
+    """Memory across invocations (lockrun.state.HostState): a standing problem is news once."""
+
+    def notice_first(self, topic: str) -> bool: ...
+
+    def notice_clear(self, topic: str) -> None: ...
+
+
 class Reporter:
     """Writes ``lockrun: ...`` lines; errors always, warnings unless quiet, info if verbose.
 
@@ -64,6 +73,7 @@ class Reporter:
         self.json_lines = json_lines
         self.syslog = syslog
         self.context: dict[str, str] = {}
+        self.notices: Notices | None = None
 
     def _emit(self, level: str, message: str, shown: bool) -> None:
         if not (shown or self.syslog):
@@ -104,9 +114,14 @@ class Reporter:
                 sock.connect(path)
                 sock.send(data)
         except OSError as exc:
-            self.syslog = False  # say it once, then stop trying
-            self._emit("warning", f"cannot write to syslog at {path}: {exc.strerror}",
-                       self.verbosity >= Verbosity.NORMAL)
+            self.syslog = False  # once per invocation, and once per server while it lasts:
+            first = self.notices is None or self.notices.notice_first("syslog")
+            self._emit("warning", f"cannot write to syslog at {path}: {exc.strerror} (said "
+                       "once: lockrun stays quiet about it until syslog works again)",
+                       first and self.verbosity >= Verbosity.NORMAL)
+        else:
+            if self.notices is not None:
+                self.notices.notice_clear("syslog")
 
     def error(self, message: str) -> None:
         self._emit("error", message, True)

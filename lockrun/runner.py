@@ -71,6 +71,7 @@ def run(cfg: Config, out: Reporter) -> int:
     client = LockClient(cfg.redis_url, cfg.redis_timeout, cfg.error_exit_code,
                         cfg.redis_password, cfg.tls)
     state = host_state(cfg)
+    out.notices = state
     if cfg.slot is not None and time.time() - cfg.slot.fire > cfg.grace:
         try:
             return _too_late(cfg, out, cfg.slot, client, hooks, state)

@@ -238,6 +238,27 @@ class HostState:
             return False
         return True
 
+    # ---------------------------------------------------------------- notices
+
+    def notice_first(self, topic: str) -> bool:
+        """True for the first report of a standing problem (a broken syslog sink) on this
+        server and user; later invocations stay quiet until notice_clear."""
+        if self.directory is None or not self._ensure_dir():
+            return True
+        try:
+            os.close(os.open(os.path.join(self.directory, f"notice-{topic}"),
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        except FileExistsError:
+            return False
+        except OSError:
+            return True
+        return True
+
+    def notice_clear(self, topic: str) -> None:
+        """The problem is gone: the next occurrence is news again."""
+        if self.directory is not None:
+            self._remove(os.path.join(self.directory, f"notice-{topic}"))
+
     # ---------------------------------------------------------------- recovery
 
     def redis_ok(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -175,6 +176,29 @@ def test_syslog_gets_every_decision_while_stderr_stays_silent(redis_server: Redi
     message = received[0].decode()
     assert message.startswith("<78>lockrun[")  # facility cron (9), severity info (6)
     assert f"acquired {key} fire f1" in message
+
+
+def test_a_broken_syslog_sink_is_reported_once_not_on_every_skip(redis_server: RedisServer,
+                                                                  key: str,
+                                                                  tmp_path: Path) -> None:
+    """README's example once had syslog = true on hosts without /dev/log: 18 mails a minute."""
+    path = str(tmp_path / "log.sock")
+    env = lockrun_env(redis_server.url, LOCKRUN_SYSLOG_SOCKET=path)
+
+    def fire(n: int) -> str:
+        r = run_lockrun("--syslog", "-k", key, "--fire", f"f{n}", "--", "true",
+                        url=redis_server.url, env=env)
+        assert r.returncode == 0
+        return r.stderr
+
+    first = fire(1)
+    assert "cannot write to syslog" in first and first.count("\n") == 1
+    assert [fire(2), fire(3)] == ["", ""]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        assert fire(4) == ""  # it works again: the next breakage is news
+    os.unlink(path)
+    assert "cannot write to syslog" in fire(5)
 
 
 def _job_keys(key: str, fire: str) -> str:
