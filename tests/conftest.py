@@ -38,16 +38,20 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0,
         raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-HOST_STATE = ("/var/lib/lockrun", os.path.expanduser("~/.local/state/lockrun"),
-              f"/var/tmp/lockrun-{os.geteuid()}")
+def _host_state() -> set[str]:
+    """This host's own lockrun state directories (root's, ours, any user's in /var/tmp)."""
+    import glob
+
+    paths = {"/var/lib/lockrun", os.path.expanduser("~/.local/state/lockrun")}
+    return {p for p in paths if os.path.lexists(p)} | set(glob.glob("/var/tmp/lockrun-*"))
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _host_state_untouched() -> Iterator[None]:
     """The suite must neither read nor write this host's own lockrun state."""
-    before = {path: os.path.lexists(path) for path in HOST_STATE}
+    before = _host_state()
     yield
-    created = [path for path, existed in before.items() if not existed and os.path.lexists(path)]
+    created = sorted(_host_state() - before)
     assert created == [], f"the test suite created host state: {created}"
 
 
