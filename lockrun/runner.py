@@ -182,13 +182,14 @@ def _recover(cfg: Config, out: Reporter, client: LockClient, state: HostState) -
     from lockrun.output import redact
     from lockrun.protocol import record_kept_end
 
-    recorded = 0
+    recorded = still_kept = 0
     for end in outage.ends:
         try:
             if record_kept_end(client, end) != "already":  # else its own release got there
                 recorded += 1
         except RedisUnavailable:
             state.redis_failed(end=end)  # kept for the next lockrun that reaches Redis
+            still_kept += 1
     names = [f"{key} {fire}" for key, fire in outage.missed[:SHOWN_FIRES]]
     more = len(outage.missed) - len(names)
     if outage.missed:
@@ -201,6 +202,8 @@ def _recover(cfg: Config, out: Reporter, client: LockClient, state: HostState) -
     if recorded:
         what += (f"; recorded the end of {recorded} job{'s' if recorded != 1 else ''} that "
                  "finished meanwhile")
+    if still_kept:
+        what += f"; {still_kept} job end(s) could not be recorded yet and are kept"
     out.error(f"Redis at {redact(cfg.redis_url)} is usable again after "
               f"{_human(time.time() - outage.since)}; {what}")
 

@@ -154,6 +154,8 @@ class HostState:
                 self.problem = f"cannot write {self.path}: {exc.strerror}"
                 return "first"
             try:
+                if not self._still_current(fd):
+                    continue  # taken by a recovery since we opened it: this is a new outage
                 if end is not None or os.fstat(fd).st_size < MISSED_BYTES_MAX:
                     os.write(fd, line)  # O_APPEND: concurrent lines never overwrite
                     self.kept = True
@@ -161,9 +163,26 @@ class HostState:
                 self.problem = f"cannot write {self.path}: {exc.strerror}"
                 return "first"
             finally:
-                os.close(fd)
+                os.close(fd)  # releases the lock
             return "reminder" if self._reminder_due() else None
         return "first"
+
+    def _still_current(self, fd: int) -> bool:
+        """Lock the opened outage file; True if it is still the one at our path.
+
+        A recovery renames the file, then reads it under the same lock: a line
+        written while we hold the lock and the file is still in place is read;
+        once it has been taken, the line belongs in a new outage file, or a
+        kept job end would be lost with the taken one.
+        """
+        import fcntl
+
+        assert self.path is not None
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False
 
     def _create(self, line: bytes) -> bool:
         """Make the outage file with its start time first, atomically (link fails if present)."""
@@ -278,12 +297,15 @@ class HostState:
             os.rename(self.path, taken)
         except OSError:
             return None  # no outage (the common case), or another process took it
+        import fcntl
+
         try:
             with open(taken, "rb") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)  # a line being appended is finished first
                 data = f.read()
+                self._remove(taken)
         except OSError:
             data = b""
-        finally:
             self._remove(taken)
         self._remove_reminders()
         return _parse(data)

@@ -159,3 +159,28 @@ def test_a_job_that_ends_during_an_outage_keeps_its_end(tmp_path: Path) -> None:
         assert late.returncode == 0 and "already done" in late.stderr
     finally:
         server.stop()
+
+
+def test_a_line_being_written_when_redis_returns_is_not_lost(own_redis: RedisServer,
+                                                            tmp_path: Path) -> None:
+    """The recovery takes the file, then reads it under the lock an appender holds."""
+    import fcntl
+    import os
+
+    state = tmp_path / "state"
+    env = lockrun_env(own_redis.tcp_url, LOCKRUN_STATE_DIR=str(state))
+    own_redis.stop()
+    assert _run(env, "-k", "j", "--fire", "f1", "--", "true").returncode == 75
+    (outage,) = state.glob("*.outage")
+    own_redis.start()
+    with open(outage, "ab") as appender:
+        fcntl.flock(appender, fcntl.LOCK_EX)  # a failing lockrun in the middle of its append
+        proc = start_lockrun("-k", "j", "--fire", "f2", "--", "true", url=own_redis.tcp_url,
+                             env=env)
+        wait_for(lambda: list(state.glob("*.taken-*")), what="the recovery to take the file")
+        appender.write(b'{"missed": ["late", "f9"]}\n')
+        appender.flush()
+        os.fsync(appender.fileno())
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert "did not run 2 fires meanwhile: j f1, late f9" in err, err
