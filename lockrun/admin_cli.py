@@ -169,18 +169,44 @@ def unlock(key: str, fire: str | None, yes: bool, as_json: bool, **options: Any)
         sys.exit(ExitCode.NEGATIVE)
 
 
+def _doctor_tls(options: dict[str, Any]) -> Any:
+    """The TLS files of doctor's own connection, which the file's must not prevent.
+
+    TLS files in the file with a redis:// URL fail every wrapper line (exit 64):
+    a diagnosis for doctor to give (its "config values" check), not a reason to
+    give none. So when only the file's TLS settings do not fit the URL, doctor
+    connects without those that cannot apply: none for a URL without TLS, the
+    CA alone for a certificate without its key. Given on doctor's command line
+    or in its environment, they are doctor's own usage error, as before.
+    """
+    try:
+        return tls_files(options)
+    except UsageError:
+        ctx = click.get_current_context()
+        given = [n for n in ("redis_ca", "redis_cert", "redis_key") if options[n]]
+        if any(ctx.get_parameter_source(n) is not click.core.ParameterSource.DEFAULT_MAP
+               for n in given):
+            raise
+        if not str(options["redis_url"]).startswith("rediss://"):
+            return None
+        return tls_files({**options, "redis_cert": None, "redis_key": None})
+
+
 @admin.command()
 @click.option("--max-skew", default="2s", **env("MAX_SKEW"), **duration(),
               help="Fail the clock check beyond this.  [default: 2s]")
 @_connection_options
 def doctor(max_skew: float, as_json: bool, **options: Any) -> None:
     """Check that this Redis and this server's configuration file are safe for lockrun."""
+    from lockrun.client import LockClient
     from lockrun.configfile import FileSettings
-    from lockrun.doctor import FAIL, file_checks, run_checks
+    from lockrun.doctor import FAIL, run_checks
+    from lockrun.hostcheck import file_checks
 
-    adm = _admin(options)
-    checks = run_checks(adm.client, options["key_prefix"], max_skew)
     settings = click.get_current_context().obj
+    client = LockClient(options["redis_url"], options["redis_timeout"], 75, password(settings),
+                        _doctor_tls(options))
+    checks = run_checks(client, options["key_prefix"], max_skew)
     if isinstance(settings, FileSettings):
         checks += file_checks(settings)
     if as_json:

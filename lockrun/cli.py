@@ -220,7 +220,7 @@ def wrapper(**options: Any) -> int:
     return run(cfg, out)
 
 
-def _bad_parameter(exc: click.BadParameter) -> str:
+def bad_parameter(exc: click.BadParameter) -> str:
     """Name the flag or the environment variable the bad value actually came from."""
     param, ctx = exc.param, exc.ctx
     if isinstance(exc, click.MissingParameter):
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except click.exceptions.Abort:
         status = ExitCode.SIGNAL_BASE + 2
     except click.BadParameter as exc:
-        out.error(_bad_parameter(exc))
+        out.error(bad_parameter(exc))
         status = ExitCode.USAGE
     except click.ClickException as exc:
         out.error(exc.format_message())

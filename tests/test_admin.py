@@ -204,6 +204,8 @@ def test_doctor_checks_what_the_configuration_file_needs_on_this_host(
     lines = {line.split(":", 1)[0].split(None, 1)[1]: line.split(None, 1)[0]
              for line in r.stdout.splitlines()}
     assert lines["config metrics_dir"] == "fail" and "does not exist" in r.stdout
+    # the wrapper refuses it too, but once is enough: on its own line, for each user
+    assert lines["config values"] == "ok" and "invalid value for metrics_dir" not in r.stdout
     assert lines["config syslog"] == "fail"
     assert lines["config file"] == "warn" and "other users' crontabs" in r.stdout
     # once what the file names exists, the same checks pass
@@ -214,3 +216,85 @@ def test_doctor_checks_what_the_configuration_file_needs_on_this_host(
         ok = run_lockrun("doctor", url=redis_server.url, env=env)
     assert "fail  config" not in ok.stdout and "warn  config" not in ok.stdout, ok.stdout
     assert "ok    config metrics_dir" in ok.stdout and "ok    config syslog" in ok.stdout
+
+
+# ------------------------------------------------------------------ the file's values
+
+def doctor_with_file(server: RedisServer, config: Path, **extra: str) -> tuple[
+        int, dict[str, tuple[str, str]]]:
+    """``lockrun doctor --json`` with *config*: (exit status, {check: (status, detail)})."""
+    r = run_lockrun("doctor", "--json", url=server.url,
+                    env=lockrun_env(server.url, LOCKRUN_CONFIG=str(config), **extra))
+    assert r.stderr == "", r.stderr
+    return r.returncode, {c["name"]: (c["status"], c["detail"]) for c in json.loads(r.stdout)}
+
+
+def wrapper_refusal(server: RedisServer, config: Path, key: str, **extra: str) -> str:
+    """The one sentence a crontab line using *config* prints before it exits 64."""
+    r = run_lockrun("-k", key, "--", "true", url=server.url,
+                    env=lockrun_env(server.url, LOCKRUN_CONFIG=str(config), **extra))
+    assert r.returncode == 64, r.stderr
+    [line] = r.stderr.splitlines()
+    return line.removeprefix("lockrun: ")
+
+
+@pytest.mark.parametrize(("text", "named"), [
+    ('ttl = "abc"\n', "invalid value for ttl ({config}, line 1): invalid duration 'abc'"),
+    ('ttl = "5s"\nredis_timeout = "2s"\n',
+     "--ttl 5s is too short for --redis-timeout 2s"),
+    ('verbose = true\nquiet = true\n', "--verbose and --quiet cannot be used together"),
+    ('schedule = "0 3 * *"\n', "invalid --schedule '0 3 * *': use 5 cron fields"),
+], ids=["not-a-duration", "ttl-below-3x-redis-timeout", "verbose-and-quiet", "schedule"])
+def test_doctor_fails_a_value_every_wrapper_line_refuses_with_the_wrappers_sentence(
+        redis_server: RedisServer, tmp_path: Path, key: str, text: str, named: str) -> None:
+    """The loader checks names and TOML types only: these passed doctor while every line
+    exited 64."""
+    config = tmp_path / "lockrun.toml"
+    config.write_text(text)
+    code, checks = doctor_with_file(redis_server, config)
+    status, detail = checks["config values"]
+    assert status == "fail" and named.format(config=config) in detail, detail
+    assert detail.endswith(": every lockrun line exits 64"), detail
+    assert detail.startswith(wrapper_refusal(redis_server, config, key)), detail
+    assert checks["scripts and permissions"][0] == "ok"  # the other checks still ran
+    assert code == 1
+    if "redis_timeout" in text:  # the wrapper names flags; doctor adds the lines to edit
+        assert f"(in {config}: ttl on line 1, redis_timeout on line 2)" in detail
+
+
+def test_doctor_judges_the_files_values_not_its_own_environment(
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    """A crontab line does not have doctor's LOCKRUN_* variables: they must neither fail
+    a good file nor hide a bad one."""
+    config = tmp_path / "lockrun.toml"
+    config.write_text('ttl = "5m"\nredis_timeout = "2s"\n')
+    _, checks = doctor_with_file(redis_server, config)
+    assert checks["config values"] == ("ok", f"the wrapper accepts every value of {config}")
+    _, checks = doctor_with_file(redis_server, config, LOCKRUN_TTL="abc")
+    assert checks["config values"][0] == "ok", checks["config values"]
+    config.write_text('ttl = "5s"\nredis_timeout = "2s"\n')
+    _, checks = doctor_with_file(redis_server, config, LOCKRUN_TTL="10m")
+    status, detail = checks["config values"]
+    assert status == "fail" and "--ttl 5s is too short" in detail, detail
+
+
+def test_tls_files_with_a_plain_url_in_the_file_are_a_failing_check_not_doctors_exit_64(
+        redis_server: RedisServer, tmp_path: Path, key: str) -> None:
+    """Every wrapper line refuses the file; doctor says so and still checks Redis."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked before a rediss:// connection\n")
+    config = tmp_path / "lockrun.toml"
+    config.write_text(f'redis_url = "{redis_server.tcp_url}"\nredis_ca = "{ca}"\n')
+    url_from_file = {"LOCKRUN_REDIS_URL": ""}  # an empty variable counts as unset
+    code, checks = doctor_with_file(redis_server, config, **url_from_file)
+    status, detail = checks["config values"]
+    assert status == "fail" and detail.startswith(
+        wrapper_refusal(redis_server, config, key, **url_from_file)), detail
+    assert "need a rediss:// URL" in detail and "redis_url on line 1, redis_ca on line 2" \
+        in detail, detail
+    assert checks["connection"][0] == "ok" and checks["scripts and permissions"][0] == "ok"
+    assert code == 1
+    # given to doctor itself, the same pair is doctor's own usage error, as before
+    r = run_lockrun("doctor", url=redis_server.url,
+                    env=lockrun_env(redis_server.tcp_url, LOCKRUN_REDIS_CA=str(ca)))
+    assert r.returncode == 64 and "need a rediss:// URL" in r.stderr, r.stderr

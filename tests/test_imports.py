@@ -10,7 +10,8 @@ from conftest import RedisServer, lockrun_env
 NEVER_ON_SKIP = {"psutil", "ctypes", "cronsim", "zoneinfo", "tomllib", "tomli", "urllib.request",
                  "lockrun.admin", "lockrun.admin_cli", "lockrun.doctor", "lockrun.schedule",
                  "lockrun.monitor", "lockrun.ping", "lockrun.textfile", "lockrun.sentinel",
-                 "difflib"}
+                 "difflib", "lockrun.hostcheck", "lockrun.access", "lockrun.crontabs",
+                 "lockrun.completion"}
 
 
 def imported(args: list[str], env: dict[str, str]) -> set[str]:
