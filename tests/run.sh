@@ -19,6 +19,7 @@ apt_install() {
 }
 
 command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+[ -x /usr/sbin/cron ] || apt_install cron
 ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || apt_install faketime
 command -v openssl >/dev/null 2>&1 || apt_install openssl
 
