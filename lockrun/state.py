@@ -287,8 +287,9 @@ class HostState:
     def take_outage(self) -> Outage | None:
         """After Redis answered: take the outage file if there is one (only one process can).
 
-        The common case is one failed stat; the rename decides which of several
-        processes reaching Redis at once reports the recovery.
+        The common case costs one failed rename (no outage file); the rename also
+        decides which of several processes reaching Redis at once reports the
+        recovery.
         """
         if self.path is None or not self.last_ok:
             return None
