@@ -26,7 +26,7 @@ from click.shell_completion import (
 )
 
 from lockrun.admin_cli import admin
-from lockrun.cli import _is_admin, wrapper
+from lockrun.wrapper_cli import wrapper
 
 PROG = "lockrun"
 VAR = "_LOCKRUN_COMPLETE"
@@ -56,7 +56,7 @@ class _Grammar(ShellComplete):
     """main()'s dispatch, put in front of any shell's completion class."""
 
     def get_completions(self, args: list[str], incomplete: str) -> list[CompletionItem[str]]:
-        if _is_admin(args):
+        if args[:1] and args[0] in admin.commands:  # as main(): a verb comes first
             return self._by_click(admin, args, incomplete)
         if _job_started(args):
             return []

@@ -91,9 +91,10 @@ def values(settings: FileSettings) -> Check:
     its body that hold for any line: --verbose with --quiet, the TLS files
     against the URL, and lockrun.config's timing rules.
     """
-    from lockrun.cli import bad_parameter, wrapper
     from lockrun.configfile import EXTRA_SETTINGS
     from lockrun.errors import UsageError
+    from lockrun.options import bad_parameter
+    from lockrun.wrapper_cli import wrapper
 
     defaults = {k: v for k, v in settings.values.items() if k not in EXTRA_SETTINGS}
     try:

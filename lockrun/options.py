@@ -234,3 +234,20 @@ def apply(decorators: list[Any]) -> Callable[[F], F]:
         return f
 
     return wrap
+
+
+def bad_parameter(exc: click.BadParameter) -> str:
+    """Name the flag or the environment variable the bad value actually came from."""
+    param, ctx = exc.param, exc.ctx
+    if isinstance(exc, click.MissingParameter):
+        return exc.format_message()
+    if param is None or param.name is None or ctx is None:
+        return exc.format_message()
+    source = ctx.get_parameter_source(param.name)
+    if source is click.core.ParameterSource.ENVIRONMENT and isinstance(param, click.Option):
+        where = str(param.envvar)
+    elif source is click.core.ParameterSource.DEFAULT_MAP and isinstance(ctx.obj, FileSettings):
+        where = f"{param.name} ({ctx.obj.where(param.name)})"
+    else:
+        where = "/".join(getattr(param, "opts", [param.name]))
+    return f"invalid value for {where}: {exc.message}"

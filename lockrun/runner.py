@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 
 from lockrun.client import LockClient
 from lockrun.config import Config
-from lockrun.entry import long_lived
 from lockrun.errors import LockrunError, PossibleDuplicate, RedisUnavailable
 from lockrun.exitcodes import ExitCode, from_wait_status
 from lockrun.output import Reporter
 from lockrun.protocol import Acquired, Lease, new_owner
+from lockrun.startup import long_lived
 from lockrun.state import SHOWN_FIRES, HostState, KeptEnd
 from lockrun.supervise import Child, SignalInbox, resolve_command
 

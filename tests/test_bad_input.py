@@ -26,7 +26,7 @@ import pytest
 from conftest import LOCKRUN, RedisServer, faketime_env, lockrun_env
 
 from lockrun.admin_cli import admin
-from lockrun.cli import wrapper
+from lockrun.wrapper_cli import wrapper
 
 PARALLEL = 4
 """Subprocesses at a time: each start costs ~0.15 s of CPU on a 2-core machine."""
