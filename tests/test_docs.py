@@ -146,3 +146,16 @@ def _at_the_latest_slot(args: list[str], env: dict[str, str]) -> dict[str, str]:
     at = datetime.fromtimestamp(slot.fire + 5, timezone.utc).strftime("@%Y-%m-%d %H:%M:%S")
     return faketime_env(env["LOCKRUN_REDIS_URL"], at, TZ="UTC",
                         LOCKRUN_KEY_PREFIX=env["LOCKRUN_KEY_PREFIX"])
+
+
+def test_the_version_is_written_once_and_the_man_page_follows_it() -> None:
+    """pyproject reads lockrun.__version__; the man page's header must name the same."""
+    from lockrun import __version__
+
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in pyproject
+    assert not re.search(r"^version\s*=\s*\"", pyproject, re.M)  # no second literal
+    assert re.search(rf'^\.TH LOCKRUN 1 "[^"]*" "lockrun {re.escape(__version__)}"', MAN, re.M)
+    version = subprocess.run([str(LOCKRUN), "--version"], capture_output=True, text=True,
+                             check=True).stdout
+    assert __version__ in version
