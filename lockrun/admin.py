@@ -13,31 +13,32 @@ from datetime import tzinfo
 from typing import Any
 
 from lockrun.client import LockClient
+from lockrun.lua import Script
 from lockrun.protocol import HISTORY_MAXLEN, job_keys
 
 # Removes a stuck claim and/or overlap guard and says so in the history, in one
 # step, so the record of who unlocked what can never be missing.
-UNLOCK_SCRIPT = """
+UNLOCK = Script(("fire_key", "guard_key", "hist_key"), ("fire", "by", "maxlen"), """
 local removed = {}
-if ARGV[1] ~= '' then
-  local h = redis.call('HMGET', KEYS[1], 'owner', 'state')
+if fire ~= '' then
+  local h = redis.call('HMGET', fire_key, 'owner', 'state')
   if h[1] or h[2] then
-    redis.call('DEL', KEYS[1])
+    redis.call('DEL', fire_key)
     table.insert(removed,
-      'fire ' .. ARGV[1] .. ' (' .. (h[2] or '?') .. ', ' .. (h[1] or '-') .. ')')
+      'fire ' .. fire .. ' (' .. (h[2] or '?') .. ', ' .. (h[1] or '-') .. ')')
   end
 end
-local g = redis.call('HMGET', KEYS[2], 'owner', 'fire')
-if g[1] and (ARGV[1] == '' or g[2] == ARGV[1]) then
-  redis.call('DEL', KEYS[2])
+local g = redis.call('HMGET', guard_key, 'owner', 'fire')
+if g[1] and (fire == '' or g[2] == fire) then
+  redis.call('DEL', guard_key)
   table.insert(removed, 'overlap guard (fire ' .. (g[2] or '?') .. ', ' .. g[1] .. ')')
 end
 if #removed > 0 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', 'unlock',
-    'fire', ARGV[1], 'by', ARGV[2], 'removed', table.concat(removed, '; '))
+  redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'unlock',
+    'fire', fire, 'by', by, 'removed', table.concat(removed, '; '))
 end
 return removed
-"""
+""")
 
 
 @dataclass
@@ -204,9 +205,9 @@ class Admin:
 
     def unlock(self, key: str, fire: str = "") -> list[str]:
         k = self._keys(key, fire or "-")
-        removed = self.client.call(UNLOCK_SCRIPT, [k["fire"], k["running"], k["hist"]],
-                                   [fire, f"{_whoami()}@{socket.gethostname()}",
-                                    HISTORY_MAXLEN])
+        removed = self.client.call(UNLOCK.source, *UNLOCK.bind(
+            {"fire_key": k["fire"], "guard_key": k["running"], "hist_key": k["hist"]},
+            fire=fire, by=f"{_whoami()}@{socket.gethostname()}", maxlen=HISTORY_MAXLEN))
         return [str(r) for r in removed]
 
 

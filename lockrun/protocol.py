@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from lockrun.client import CLIENT_ERRORS, LockClient
 from lockrun.errors import PossibleDuplicate, RedisUnavailable
+from lockrun.lua import Script
 from lockrun.output import redact
 from lockrun.state import KeptEnd
 
@@ -26,14 +27,14 @@ HISTORY_MAXLEN = 1000
 # if absent, with a TTL) and later turns into the done record in place. The
 # fence is max(previous + 1, server time in microseconds): strictly increasing,
 # and still increasing if the counter key is ever lost.
-ACQUIRE_SCRIPT = """
+ACQUIRE = Script(("fire_key", "guard_key", "fence_key", "hist_key"),
+                 ("owner", "ttl_ms", "guard", "fire", "host", "pid", "maxlen", "local_ms"), """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local owner, ttl, guard = ARGV[1], ARGV[2], ARGV[3]
 if string.find(redis.call('INFO', 'replication'), 'role:slave', 1, true) then
   return {'replica', 0, now_ms, '', ''}
 end
-local h = redis.call('HMGET', KEYS[1], 'owner', 'state', 'fence', 'host', 'start')
+local h = redis.call('HMGET', fire_key, 'owner', 'state', 'fence', 'host', 'start')
 if h[1] then
   if h[1] == owner and h[2] == 'running' then
     return {'ok', tonumber(h[3]), now_ms, '', ''}
@@ -43,64 +44,63 @@ if h[1] then
   return {why, tonumber(h[3]) or 0, now_ms, h[4] or '', h[5] or ''}
 end
 if guard == '1' then
-  local g = redis.call('HMGET', KEYS[2], 'owner', 'fence', 'host', 'fire')
+  local g = redis.call('HMGET', guard_key, 'owner', 'fence', 'host', 'fire')
   if g[1] and g[1] ~= owner then
     return {'overlap', tonumber(g[2]) or 0, now_ms, g[3] or '', g[4] or ''}
   end
 end
 local fence = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local last = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
+local last = tonumber(redis.call('GET', fence_key) or '0') or 0
 if fence <= last then fence = last + 1 end
 local f = string.format('%.0f', fence)
 local start = string.format('%.0f', now_ms)
-redis.call('SET', KEYS[3], f)
-redis.call('HSET', KEYS[1], 'owner', owner, 'state', 'running', 'fence', f,
-  'host', ARGV[5], 'pid', ARGV[6], 'start', start)
-redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('SET', fence_key, f)
+redis.call('HSET', fire_key, 'owner', owner, 'state', 'running', 'fence', f,
+  'host', host, 'pid', pid, 'start', start)
+redis.call('PEXPIRE', fire_key, ttl_ms)
 if guard == '1' then
-  redis.call('HSET', KEYS[2], 'owner', owner, 'fence', f, 'host', ARGV[5],
-    'pid', ARGV[6], 'fire', ARGV[4], 'start', start)
-  redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('HSET', guard_key, 'owner', owner, 'fence', f, 'host', host,
+    'pid', pid, 'fire', fire, 'start', start)
+  redis.call('PEXPIRE', guard_key, ttl_ms)
 end
-local skew = string.format('%.0f', tonumber(ARGV[8]) - now_ms)
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'event', 'start',
-  'fire', ARGV[4], 'owner', owner, 'host', ARGV[5], 'pid', ARGV[6], 'fence', f,
+local skew = string.format('%.0f', tonumber(local_ms) - now_ms)
+redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'start',
+  'fire', fire, 'owner', owner, 'host', host, 'pid', pid, 'fence', f,
   'skew_ms', skew)
 return {'ok', fence, now_ms, '', ''}
-"""
+""")
 
 # A scheduled fire that this server reached after its grace. Recorded once, so
 # "which fires ran nowhere" can be answered from the history; a server still
 # within the grace (its clock behind ours) may claim over this record.
-MISS_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
+MISS = Script(("fire_key", "hist_key"), ("owner", "retention_ms", "fire", "host", "pid", "maxlen",
+                                        "late_ms"), """
+if redis.call('EXISTS', fire_key) == 1 then
   return {0}
 end
-redis.call('HSET', KEYS[1], 'state', 'missed', 'outcome', 'too-late', 'host', ARGV[5],
-  'pid', ARGV[6])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'event', 'skip', 'fire', ARGV[4],
-  'owner', ARGV[1], 'host', ARGV[5], 'pid', ARGV[6], 'reason', 'too-late',
-  'late_ms', ARGV[8])
+redis.call('HSET', fire_key, 'state', 'missed', 'outcome', 'too-late', 'host', host, 'pid', pid)
+redis.call('PEXPIRE', fire_key, retention_ms)
+redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'skip', 'fire', fire,
+  'owner', owner, 'host', host, 'pid', pid, 'reason', 'too-late', 'late_ms', late_ms)
 return {1}
-"""
+""")
 
 # Sets (never adds) the full TTL on both keys, only while they are still ours.
 # The first renewal that finds the claim gone records a 'lost' event.
-RENEW_SCRIPT = """
+RENEW = Script(("fire_key", "guard_key", "hist_key"),
+               ("owner", "ttl_ms", "guard", "fire", "host", "pid", "maxlen"), """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if string.find(redis.call('INFO', 'replication'), 'role:slave', 1, true) then
   return {'replica', now_ms, ''}
 end
-local owner, ttl, guard = ARGV[1], ARGV[2], ARGV[3]
-local h = redis.call('HMGET', KEYS[1], 'owner', 'state')
+local h = redis.call('HMGET', fire_key, 'owner', 'state')
 local reason = ''
 if h[1] == owner and h[2] == 'running' then
-  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', fire_key, ttl_ms)
   if guard == '1' then
-    if redis.call('HGET', KEYS[2], 'owner') == owner then
-      redis.call('PEXPIRE', KEYS[2], ttl)
+    if redis.call('HGET', guard_key, 'owner') == owner then
+      redis.call('PEXPIRE', guard_key, ttl_ms)
     else
       reason = 'the overlap guard was taken or deleted'
     end
@@ -111,12 +111,12 @@ else
   reason = 'the claim expired in Redis'
 end
 if reason ~= '' then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'event', 'lost',
-    'fire', ARGV[4], 'owner', owner, 'host', ARGV[5], 'pid', ARGV[6], 'reason', reason)
+  redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'lost',
+    'fire', fire, 'owner', owner, 'host', host, 'pid', pid, 'reason', reason)
   return {'lost', now_ms, reason}
 end
 return {'ok', now_ms, ''}
-"""
+""")
 
 # Turns our claim into the done record kept for the retention period: a late
 # server that arrives after we finished must find it and skip. The overlap
@@ -124,35 +124,36 @@ return {'ok', now_ms, ''}
 # the record already done and changes nothing. Like the acquire and the renewal,
 # it refuses a replica: a demoted primary (or one with replica-read-only no)
 # would accept the record and lose it.
-RELEASE_SCRIPT = """
+RELEASE = Script(("fire_key", "guard_key", "hist_key"),
+                 ("owner", "retention_ms", "guard", "fire", "host", "pid", "maxlen", "exit",
+                  "outcome"), """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if string.find(redis.call('INFO', 'replication'), 'role:slave', 1, true) then
   return {'replica', now_ms}
 end
-local owner, retention, guard = ARGV[1], ARGV[2], ARGV[3]
 local finish = string.format('%.0f', now_ms)
-if guard == '1' and redis.call('HGET', KEYS[2], 'owner') == owner then
-  redis.call('DEL', KEYS[2])
+if guard == '1' and redis.call('HGET', guard_key, 'owner') == owner then
+  redis.call('DEL', guard_key)
 end
-local h = redis.call('HMGET', KEYS[1], 'owner', 'state', 'fence')
+local h = redis.call('HMGET', fire_key, 'owner', 'state', 'fence')
 if h[1] == owner then
   if h[2] == 'done' then
     return {'ok', now_ms}
   end
-  redis.call('HSET', KEYS[1], 'state', 'done', 'end', finish, 'exit', ARGV[8],
-    'outcome', ARGV[9])
-  redis.call('PEXPIRE', KEYS[1], retention)
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'event', 'end',
-    'fire', ARGV[4], 'owner', owner, 'host', ARGV[5], 'pid', ARGV[6],
-    'fence', h[3], 'exit', ARGV[8], 'outcome', ARGV[9])
+  redis.call('HSET', fire_key, 'state', 'done', 'end', finish, 'exit', exit,
+    'outcome', outcome)
+  redis.call('PEXPIRE', fire_key, retention_ms)
+  redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'end',
+    'fire', fire, 'owner', owner, 'host', host, 'pid', pid,
+    'fence', h[3], 'exit', exit, 'outcome', outcome)
   return {'ok', now_ms}
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'event', 'end',
-  'fire', ARGV[4], 'owner', owner, 'host', ARGV[5], 'pid', ARGV[6],
-  'exit', ARGV[8], 'outcome', 'lost')
+redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'end',
+  'fire', fire, 'owner', owner, 'host', host, 'pid', pid,
+  'exit', exit, 'outcome', 'lost')
 return {'lost', now_ms}
-"""
+""")
 
 
 # Gives back a claim this server must not act on (a stop signal before the job
@@ -161,28 +162,29 @@ return {'lost', now_ms}
 # server or a later tick may still run it. Only a running claim that is still
 # ours is removed, and only then is the give-back written to the history, so
 # a give-back after a lost reply that never claimed leaves no trace.
-ABANDON_SCRIPT = """
-local h = redis.call('HMGET', KEYS[1], 'owner', 'state')
-if h[1] ~= ARGV[1] or h[2] ~= 'running' then
+ABANDON = Script(("fire_key", "guard_key", "hist_key"),
+                 ("owner", "guard", "fire", "host", "pid", "maxlen", "reason"), """
+local h = redis.call('HMGET', fire_key, 'owner', 'state')
+if h[1] ~= owner or h[2] ~= 'running' then
   return {0}
 end
-redis.call('DEL', KEYS[1])
-if ARGV[3] == '1' and redis.call('HGET', KEYS[2], 'owner') == ARGV[1] then
-  redis.call('DEL', KEYS[2])
+redis.call('DEL', fire_key)
+if guard == '1' and redis.call('HGET', guard_key, 'owner') == owner then
+  redis.call('DEL', guard_key)
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'event', 'abandon',
-  'fire', ARGV[4], 'owner', ARGV[1], 'host', ARGV[5], 'pid', ARGV[6], 'reason', ARGV[8])
+redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'abandon',
+  'fire', fire, 'owner', owner, 'host', host, 'pid', pid, 'reason', reason)
 return {1}
-"""
+""")
 
 
 # The end was written, but lockrun cannot be sure it stays where the next server
 # looks (a failover under way): said in the history, next to the 'end' event.
-DOUBT_SCRIPT = """
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[7], '*', 'event', 'possible-duplicate',
-  'fire', ARGV[4], 'owner', ARGV[1], 'host', ARGV[5], 'pid', ARGV[6], 'reason', ARGV[8])
+DOUBT = Script(("hist_key",), ("owner", "fire", "host", "pid", "maxlen", "reason"), """
+redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'possible-duplicate',
+  'fire', fire, 'owner', owner, 'host', host, 'pid', pid, 'reason', reason)
 return {1}
-"""
+""")
 
 
 def job_keys(key: str, fire: str, prefix: str = "lockrun") -> dict[str, str]:
@@ -241,21 +243,21 @@ class Lease:
     def keys(self) -> dict[str, str]:
         return job_keys(self.key, self.fire, self.prefix)
 
-    def _args(self, millis: int, *extra: str | int) -> list[str | int]:
-        """ARGV shared by the three scripts: owner, a duration, guard flag, identity."""
-        guard = "1" if self.guard else "0"
-        # plain ints: redis-py writes an IntEnum as its repr ("<ExitCode...>")
-        plain = [int(x) if isinstance(x, int) else x for x in extra]
-        return [self.owner, int(millis), guard, self.fire, self.host, os.getpid(),
-                HISTORY_MAXLEN, *plain]
+    def _bind(self, script: Script, **args: str | int) -> tuple[list[str], list[str | int]]:
+        """*script*'s KEYS and ARGV: this fire's keys and identity, plus *args* by name."""
+        k = self.keys
+        names = {"fire_key": k["fire"], "guard_key": k["running"], "fence_key": k["fence"],
+                 "hist_key": k["hist"]}
+        identity: dict[str, str | int] = {
+            "owner": self.owner, "guard": "1" if self.guard else "0", "fire": self.fire,
+            "host": self.host, "pid": os.getpid(), "maxlen": HISTORY_MAXLEN}
+        return script.bind({n: names[n] for n in script.keys},
+                           **{n: identity[n] for n in script.args if n in identity}, **args)
 
     def acquire(self) -> Acquired:
-        k = self.keys
         local_ms = round(time.time() * 1000)
         r = self.client.call_retrying(
-            ACQUIRE_SCRIPT, [k["fire"], k["running"], k["fence"], k["hist"]],
-            self._args(self.ttl_ms, local_ms),
-        )
+            ACQUIRE.source, *self._bind(ACQUIRE, ttl_ms=self.ttl_ms, local_ms=local_ms))
         result = Acquired(str(r[0]), int(r[1]), int(r[2]), str(r[3]), str(r[4]))
         if result.status == "replica":
             # a replica with replica-read-only no would take the claim, and the
@@ -273,9 +275,7 @@ class Lease:
         lease's deadline. A replica's answer is an error, not a loss: the claim may
         well be alive on the primary the sentinels are about to name."""
         self.client.follow_primary()
-        k = self.keys
-        r = self.client.call(RENEW_SCRIPT, [k["fire"], k["running"], k["hist"]],
-                             self._args(self.ttl_ms))
+        r = self.client.call(RENEW.source, *self._bind(RENEW, ttl_ms=self.ttl_ms))
         if r[0] == "replica":
             raise RedisUnavailable(
                 f"Redis at {redact(self.client.url)} answered as a replica: cannot renew the "
@@ -284,9 +284,8 @@ class Lease:
 
     def record_miss(self, retention_ms: int, late_ms: int) -> bool:
         """Note a scheduled fire skipped as too late; False if the fire already has a record."""
-        k = self.keys
-        r = self.client.call_retrying(MISS_SCRIPT, [k["fire"], k["hist"]],
-                                      self._args(retention_ms, late_ms))
+        r = self.client.call_retrying(
+            MISS.source, *self._bind(MISS, retention_ms=retention_ms, late_ms=late_ms))
         return bool(r[0] == 1)
 
     def wait_replicas(self, replicas: int, timeout_ms: int) -> int:
@@ -295,9 +294,7 @@ class Lease:
 
     def abandon(self, reason: str) -> bool:
         """Give the claim back unstarted; True if a claim of ours was removed."""
-        k = self.keys
-        r = self.client.call_retrying(ABANDON_SCRIPT, [k["fire"], k["running"], k["hist"]],
-                                      self._args(0, reason))
+        r = self.client.call_retrying(ABANDON.source, *self._bind(ABANDON, reason=reason))
         return bool(r[0] == 1)
 
     def release(self, retention_ms: int, exit_code: int, outcome: str) -> bool:
@@ -306,12 +303,11 @@ class Lease:
         With Sentinel the record must also stay where the next server looks;
         when lockrun cannot be sure of that it raises PossibleDuplicate.
         """
-        k = self.keys
-        keys = [k["fire"], k["running"], k["hist"]]
-        args = self._args(retention_ms, int(exit_code), outcome)
+        keys, args = self._bind(RELEASE, retention_ms=retention_ms, exit=int(exit_code),
+                                outcome=outcome)
         if self.client.follows_sentinel:
             return self._release_confirmed(keys, args)
-        r = self.client.call_retrying(RELEASE_SCRIPT, keys, args)
+        r = self.client.call_retrying(RELEASE.source, keys, args)
         if r[0] == "replica":
             raise RedisUnavailable(
                 f"Redis at {redact(self.client.url)} answered as a replica: cannot record "
@@ -346,7 +342,7 @@ class Lease:
             try:
                 with self.client.primary_session(target) as session:
                     where = f"{session.address[0]}:{session.address[1]}"
-                    r = session.execute("EVAL", RELEASE_SCRIPT, len(keys), *keys, *args)
+                    r = session.execute("EVAL", RELEASE.source, len(keys), *keys, *args)
                     if r[0] == "replica" and target is None:  # demoted since the role check
                         doubt = f"{where} turned replica before the end was recorded there"
                         targets = [None]
@@ -394,10 +390,9 @@ class Lease:
     def _say_possible_duplicate(self, doubt: str, written: list[str]) -> None:
         """History first (best effort, on the primary of the moment), then the one stderr line."""
         reason = f"end recorded on {', '.join(written)}, but {doubt}"
-        k = self.keys
         try:
             self.client.follow_primary()
-            self.client.call(DOUBT_SCRIPT, [k["hist"]], self._args(0, reason))
+            self.client.call(DOUBT.source, *self._bind(DOUBT, reason=reason))
         except RedisUnavailable:
             pass  # the line below is the report that matters
         raise PossibleDuplicate(
@@ -418,43 +413,45 @@ silent replicas that turned primary, the primary named after a failover, and aga
 # that ran the fire again after it expired: only in the first two cases does
 # the fire become done, so a late server still skips it; the history gets the
 # real outcome and end time in every case, instead of a start without an end.
-KEPT_END_SCRIPT = """
+KEPT_END = Script(("fire_key", "guard_key", "hist_key"),
+                  ("owner", "retention_ms", "guard", "fire", "host", "pid", "maxlen", "exit",
+                   "outcome", "end_ms", "fence"), """
 if string.find(redis.call('INFO', 'replication'), 'role:slave', 1, true) then
   return {'replica'}
 end
-local owner, retention, guard = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local exit, outcome, end_ms, fence = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
-if guard == '1' and redis.call('HGET', KEYS[2], 'owner') == owner then
-  redis.call('DEL', KEYS[2])
+if guard == '1' and redis.call('HGET', guard_key, 'owner') == owner then
+  redis.call('DEL', guard_key)
 end
-local h = redis.call('HMGET', KEYS[1], 'owner', 'state')
+local h = redis.call('HMGET', fire_key, 'owner', 'state')
 if h[1] == owner and h[2] == 'done' then
   return {'already'}
 end
 local result = 'history'
 if (h[1] == owner and h[2] == 'running') or not h[1] then
   result = 'recorded'
-  if retention > 0 then
-    redis.call('HSET', KEYS[1], 'owner', owner, 'state', 'done', 'fence', fence,
-      'host', ARGV[5], 'end', end_ms, 'exit', exit, 'outcome', outcome, 'late', '1')
-    redis.call('PEXPIRE', KEYS[1], retention)
+  if tonumber(retention_ms) > 0 then
+    redis.call('HSET', fire_key, 'owner', owner, 'state', 'done', 'fence', fence,
+      'host', host, 'end', end_ms, 'exit', exit, 'outcome', outcome, 'late', '1')
+    redis.call('PEXPIRE', fire_key, retention_ms)
   end
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'event', 'end',
-  'fire', ARGV[4], 'owner', owner, 'host', ARGV[5], 'pid', ARGV[6], 'fence', fence,
+redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'end',
+  'fire', fire, 'owner', owner, 'host', host, 'pid', pid, 'fence', fence,
   'exit', exit, 'outcome', outcome, 'end_ms', end_ms, 'late', '1')
 return {result}
-"""
+""")
 
 
 def record_kept_end(client: LockClient, end: KeptEnd) -> str:
     """Record an end kept on this server: 'recorded', 'history' (only) or 'already'."""
     k = job_keys(end.key, end.fire, end.prefix)
     left_ms = int((end.ended_at + end.retention_s - time.time()) * 1000)
-    args: list[str | int] = [end.owner, max(0, left_ms), "1" if end.guard else "0", end.fire,
-                             end.host, os.getpid(), HISTORY_MAXLEN, int(end.exit_code),
-                             end.outcome, round(end.ended_at * 1000), end.fence]
-    r = client.call_retrying(KEPT_END_SCRIPT, [k["fire"], k["running"], k["hist"]], args)
+    r = client.call_retrying(KEPT_END.source, *KEPT_END.bind(
+        {"fire_key": k["fire"], "guard_key": k["running"], "hist_key": k["hist"]},
+        owner=end.owner, retention_ms=max(0, left_ms), guard="1" if end.guard else "0",
+        fire=end.fire, host=end.host, pid=os.getpid(), maxlen=HISTORY_MAXLEN,
+        exit=int(end.exit_code), outcome=end.outcome, end_ms=round(end.ended_at * 1000),
+        fence=end.fence))
     if r[0] == "replica":
         raise RedisUnavailable(
             f"Redis at {redact(client.url)} answered as a replica: cannot record a kept end "

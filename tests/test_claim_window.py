@@ -26,7 +26,7 @@ from conftest import (
     wait_for,
 )
 
-from lockrun.protocol import ABANDON_SCRIPT, ACQUIRE_SCRIPT, job_keys
+from lockrun.protocol import ABANDON, ACQUIRE, job_keys
 
 
 def _fire_key(key: str, fire: str = "f1") -> str:
@@ -145,7 +145,7 @@ class SlowReplies:
 
 def test_a_timed_out_claim_is_given_back_so_another_server_can_run_the_fire(
         redis_server: RedisServer, key: str, tmp_path: Path) -> None:
-    redis_server.client().script_load(ACQUIRE_SCRIPT)  # as on any server that ran lockrun
+    redis_server.client().script_load(ACQUIRE.source)  # as on any server that ran lockrun
     proxy = SlowReplies(redis_server.port, delay=3.0)
     try:
         marker = tmp_path / "ran"
@@ -170,11 +170,11 @@ def test_a_claim_that_times_out_is_sent_once_not_retried(blackhole: Listener, ke
                     url=f"redis://127.0.0.1:{blackhole.port}/0")
     assert r.returncode == 75 and "Timeout" in r.stderr, r.stderr
     assert len(r.stderr.splitlines()) == 1
-    wait_for(lambda: _sha(ABANDON_SCRIPT).encode() in blackhole.received, 10,
+    wait_for(lambda: _sha(ABANDON.source).encode() in blackhole.received, 10,
              "the give-back to arrive")
     # A timeout means Redis is stuck: sending the claim again would only stretch the
     # time to fail. One claim, then one give-back on a new connection.
-    assert blackhole.received.count(_sha(ACQUIRE_SCRIPT).encode()) == 1
+    assert blackhole.received.count(_sha(ACQUIRE.source).encode()) == 1
     assert blackhole.connections == 2
     assert time.monotonic() - started < 30
 

@@ -9,7 +9,7 @@ from conftest import RedisServer, history
 
 from lockrun.client import LockClient
 from lockrun.errors import RedisUnavailable
-from lockrun.protocol import ACQUIRE_SCRIPT, Lease, job_keys, new_owner
+from lockrun.protocol import ACQUIRE, Lease, job_keys, new_owner
 
 
 def lease(server: RedisServer, key: str, fire: str = "f1", ttl_ms: int = 10_000,
@@ -30,8 +30,8 @@ def test_acquire_is_idempotent_for_its_own_owner(redis_server: RedisServer, key:
     first = lease(redis_server, key)
     keys = job_keys(key, "f1")
     # The script ran on the server but its reply never reached us:
-    redis_server.client().eval(ACQUIRE_SCRIPT, 4, keys["fire"], keys["running"], keys["fence"],
-                               keys["hist"], *first._args(10_000, round(time.time() * 1000)))
+    script_keys, args = first._bind(ACQUIRE, ttl_ms=10_000, local_ms=round(time.time() * 1000))
+    redis_server.client().eval(ACQUIRE.source, len(script_keys), *script_keys, *args)
     retried = first.acquire()
     assert retried.won
     stored = redis_server.client().hget(keys["fire"], "fence")

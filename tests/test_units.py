@@ -109,3 +109,43 @@ def test_wait_status_follows_the_shell_convention() -> None:
     if pid == 0:
         os.kill(os.getpid(), signal.SIGKILL)
     assert from_wait_status(os.waitpid(pid, 0)[1]) == 128 + signal.SIGKILL
+
+
+def _scripts() -> dict[str, object]:
+    import lockrun.admin
+    import lockrun.protocol
+    from lockrun.lua import Script
+
+    return {f"{module.__name__}.{name}": value
+            for module in (lockrun.protocol, lockrun.admin)
+            for name, value in vars(module).items() if isinstance(value, Script)}
+
+
+def test_every_lua_script_names_its_keys_and_arguments_and_uses_them() -> None:
+    """Positional slots drift (ARGV[2] was a ttl, a retention or 0): each script uses the
+    names it declares, every one of them, and no slot by number."""
+    import re
+
+    from lockrun.lua import Script
+
+    scripts = _scripts()
+    assert len(scripts) >= 8, sorted(scripts)
+    for where, script in scripts.items():
+        assert isinstance(script, Script)
+        assert not re.search(r"\b(KEYS|ARGV)\[", script.body), where
+        for name in (*script.keys, *script.args):
+            assert re.search(rf"\b{name}\b", script.body), f"{where} never uses {name}"
+        assert script.source.startswith("\n")  # Redis's line numbers in ACL errors
+
+
+def test_a_script_call_must_give_exactly_its_names() -> None:
+    import pytest
+
+    from lockrun.lua import Script
+
+    script = Script(("k",), ("a", "b"), "\nreturn {k, a, b}\n")
+    assert script.bind({"k": "key"}, b=2, a="x") == (["key"], ["x", 2])
+    with pytest.raises(TypeError):
+        script.bind({"k": "key"}, a="x")
+    with pytest.raises(TypeError):
+        script.bind({"k": "key"}, a="x", b=1, c=3)
