@@ -53,3 +53,14 @@ def format_duration(seconds: float) -> str:
         if ms and ms % size == 0:
             return f"{ms // size}{unit}"
     return f"{ms}ms"
+
+
+def human_duration(seconds: float) -> str:
+    """4m10s, 2h5m, 3d1h: two units are enough to read an outage's length."""
+    s = max(0, round(seconds))
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if s >= size or (unit == "s" and not parts):
+            parts.append(f"{s // size}{unit}")
+            s %= size
+    return "".join(parts[:2])

@@ -1,4 +1,5 @@
-"""One invocation of the wrapper: acquire the fire, supervise the job, record its end."""
+"""One invocation of the wrapper: decide whether this server runs the fire (acquire,
+skip, too late, Redis down), hand a won fire to lockrun.supervisor, and close an outage."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from typing import TYPE_CHECKING
 
 from lockrun.client import LockClient
 from lockrun.config import Config
-from lockrun.errors import LockrunError, PossibleDuplicate, RedisUnavailable
-from lockrun.exitcodes import ExitCode, from_wait_status
+from lockrun.durations import human_duration
+from lockrun.errors import RedisUnavailable
+from lockrun.exitcodes import ExitCode
 from lockrun.output import Reporter
+from lockrun.process import SignalInbox, resolve_command
 from lockrun.protocol import Acquired, Lease, new_owner
-from lockrun.startup import long_lived
-from lockrun.state import SHOWN_FIRES, HostState, KeptEnd
-from lockrun.supervise import Child, SignalInbox, resolve_command
+from lockrun.state import SHOWN_FIRES, HostState, outage_line
+from lockrun.supervisor import Supervisor, give_back
 
 if TYPE_CHECKING:
     from lockrun.monitor import Hooks
@@ -25,7 +27,6 @@ if TYPE_CHECKING:
 CHILD_ENV = ("LOCKRUN_KEY", "LOCKRUN_FIRE", "LOCKRUN_FENCE", "LOCKRUN_OWNER")
 SECRET_ENV = ("LOCKRUN_REDIS_PASSWORD",)
 """lockrun's own secrets: never handed to the job and everything it starts."""
-STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT})
 
 
 def child_environment(cfg: Config) -> dict[str, str]:
@@ -97,7 +98,7 @@ def run(cfg: Config, out: Reporter) -> int:
             acq = lease.acquire()
         except RedisUnavailable as exc:
             if exc.reply_lost:  # first: every other server skips until it is back
-                _try_give_back(lease, "the reply to the claim was lost")
+                _trygive_back(lease, "the reply to the claim was lost")
             hooks.redis_unusable()
             return _redis_down(cfg, out, exc, program, env, inbox, hooks, state)
         state.redis_ok()
@@ -115,7 +116,7 @@ def run(cfg: Config, out: Reporter) -> int:
         env["LOCKRUN_OWNER"] = lease.owner
         if inbox.pending:  # told to stop before the job could start
             sig = inbox.pending[0]
-            _give_back(lease, cfg, out, f"stop signal {signal.Signals(sig).name} before the "
+            give_back(lease, cfg, out, f"stop signal {signal.Signals(sig).name} before the "
                                         "job started")
             return ExitCode.SIGNAL_BASE + sig
         lease_from = _still_ours(cfg, out, lease, claimed_at, state)
@@ -135,37 +136,6 @@ def host_state(cfg: Config) -> HostState:
 
     directory = cfg.state_dir if cfg.state_dir is not None else default_dir()
     return HostState(directory or None, cfg.redis_url)
-
-
-def _outage_line(state: HostState, say: str | None, text: str) -> str | None:
-    """The line for a Redis failure: the first of an outage, an hourly reminder, or none.
-
-    cron mails every line, and during an outage every crontab line of every
-    server fails each minute: one line per server and user says it, the rest
-    stay quiet until Redis answers again (then one line says what was missed).
-    """
-    if say is None:
-        return None
-    if say == "reminder":
-        since = state.since()
-        ago = _human(time.time() - since) if since is not None else "an hour"
-        return f"{text} (still failing: first failure on this server {ago} ago)"
-    if state.problem:
-        return f"{text} (every failure is reported: {state.problem})"
-    if state.path is None:
-        return text
-    return f"{text} (further failures on this server stay quiet until Redis is back)"
-
-
-def _human(seconds: float) -> str:
-    """4m10s, 2h5m, 3d1h: two units are enough to read an outage's length."""
-    s = max(0, round(seconds))
-    parts: list[str] = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if s >= size or (unit == "s" and not parts):
-            parts.append(f"{s // size}{unit}")
-            s %= size
-    return "".join(parts[:2])
 
 
 def _recover(cfg: Config, out: Reporter, client: LockClient, state: HostState) -> None:
@@ -205,7 +175,7 @@ def _recover(cfg: Config, out: Reporter, client: LockClient, state: HostState) -
     if still_kept:
         what += f"; {still_kept} job end(s) could not be recorded yet and are kept"
     out.error(f"Redis at {redact(cfg.redis_url)} is usable again after "
-              f"{_human(time.time() - outage.since)}; {what}")
+              f"{human_duration(time.time() - outage.since)}; {what}")
 
 
 def _still_ours(cfg: Config, out: Reporter, lease: Lease, claimed_at: float,
@@ -225,12 +195,12 @@ def _still_ours(cfg: Config, out: Reporter, lease: Lease, claimed_at: float,
     try:
         renewed = lease.renew()
     except RedisUnavailable as exc:
-        line = _outage_line(state, state.redis_failed(missed=(cfg.key, cfg.fire)),
+        line = outage_line(state, state.redis_failed(missed=(cfg.key, cfg.fire)),
                             f"{exc}; cannot confirm the claim on {cfg.key} fire {cfg.fire} "
                             "before starting the job, not running it")
         if line:
             out.error(line)
-        _try_give_back(lease, "claim not confirmed before the start")  # said once, above
+        _trygive_back(lease, "claim not confirmed before the start")  # said once, above
         return None
     if not renewed.ok:
         out.error(f"lost the claim on {cfg.key} fire {cfg.fire} before the job started "
@@ -239,16 +209,7 @@ def _still_ours(cfg: Config, out: Reporter, lease: Lease, claimed_at: float,
     return renew_sent
 
 
-def _give_back(lease: Lease, cfg: Config, out: Reporter, reason: str) -> None:
-    """Leave the fire unclaimed, not done, so another server or a later tick can run it."""
-    try:
-        lease.abandon(reason)
-    except RedisUnavailable as exc:
-        out.error(f"{exc}; could not give back fire {cfg.fire} of {cfg.key}: other servers "
-                  f"skip it until its claim expires within {cfg.ttl:g}s")
-
-
-def _try_give_back(lease: Lease, reason: str) -> None:
+def _trygive_back(lease: Lease, reason: str) -> None:
     """Give back a claim Redis just failed to confirm, saying nothing if that fails too.
 
     After an acquire whose reply was lost (a timeout), the script may have
@@ -312,7 +273,7 @@ def _too_late(cfg: Config, out: Reporter, slot: Slot, client: LockClient,
                       "scheduled time)")
     except RedisUnavailable as exc:
         hooks.redis_unusable()
-        line = _outage_line(state, state.redis_failed(missed=(cfg.key, cfg.fire)),
+        line = outage_line(state, state.redis_failed(missed=(cfg.key, cfg.fire)),
                             f"{exc}; fire {cfg.fire} of {cfg.key} is past its grace, not "
                             "running it")
         if line:
@@ -339,7 +300,7 @@ def _replicated(cfg: Config, out: Reporter, lease: Lease) -> bool:
         out.warning(f"{detail}; running {cfg.key} anyway (a failover now could lose the claim)")
         return True
     out.error(f"{detail}; not running {cfg.key} (--strict-replicas)")
-    _give_back(lease, cfg, out, "too few replicas")
+    give_back(lease, cfg, out, "too few replicas")
     return False
 
 
@@ -379,7 +340,7 @@ def _redis_down(cfg: Config, out: Reporter, exc: RedisUnavailable, program: str,
         text = f"{exc}; running {cfg.key} WITHOUT a lock (--on-redis-error run)"
     else:
         text = f"{exc}; not running {cfg.key}"
-    line = _outage_line(state, say, text)
+    line = outage_line(state, say, text)
     if line:
         out.error(line)
     if cfg.on_redis_error == "skip":
@@ -390,172 +351,3 @@ def _redis_down(cfg: Config, out: Reporter, exc: RedisUnavailable, program: str,
     return exc.exit_code
 
 
-def _release(lease: Lease, cfg: Config, out: Reporter, code: int, outcome: str,
-             state: HostState) -> None:
-    try:
-        if not lease.release(cfg.retention_ms(time.time()), code, outcome):
-            out.error(f"lease on {cfg.key} fire {cfg.fire} was lost before the job ended; "
-                      "another server may have run this fire too")
-        else:
-            state.redis_ok()
-    except PossibleDuplicate as exc:  # recorded, but maybe not where the next server looks
-        out.error(str(exc))
-    except RedisUnavailable as exc:
-        say = state.redis_failed(end=_kept_end(lease, cfg, code, outcome))
-        if state.kept:
-            text = (f"{exc}; could not record the end of fire {cfg.fire} of {cfg.key} yet: "
-                    f"kept in {state.directory} until Redis answers again")
-        else:
-            text = (f"{exc}; could not record the end of fire {cfg.fire} of {cfg.key}: "
-                    f"its claim expires within {cfg.ttl:g}s")
-        line = _outage_line(state, say, text)
-        if line:
-            out.error(line)
-
-
-def _kept_end(lease: Lease, cfg: Config, code: int, outcome: str) -> KeptEnd:
-    """What the done record and the history need, to be written once Redis answers."""
-    now = time.time()
-    return KeptEnd(lease.prefix, cfg.key, cfg.fire, lease.owner, lease.host, lease.fence,
-                   lease.guard, int(code), outcome, now, cfg.retention_ms(now) / 1000)
-
-
-class Supervisor:
-    """The wait loop: forward signals, renew the lease, enforce --timeout, reap."""
-
-    def __init__(self, cfg: Config, out: Reporter, inbox: SignalInbox, lease: Lease | None,
-                 acquired_at: float, hooks: Hooks | NoHooks, state: HostState) -> None:
-        self.cfg = cfg
-        self.state = state
-        self.hooks = hooks
-        self.out = out
-        self.inbox = inbox
-        self.lease = lease
-        self.interval = cfg.ttl / 3
-        self.retry_interval = max(0.1, min(1.0, cfg.ttl / 10))
-        self.lease_deadline = acquired_at + cfg.ttl
-        self.next_renew = acquired_at + self.interval
-        self.lost = False
-        self.renew_failing = False
-        self.timed_out = False
-        self.kill_at: float | None = None
-        self.cleaning = False
-
-    def run(self, program: str, env: dict[str, str]) -> int:
-        cfg = self.cfg
-        try:
-            child = Child(cfg.command, program, env)
-        except LockrunError as exc:
-            # Nothing ran: give the fire back so a server that can run it does
-            # (a missing interpreter on this host only, say), instead of
-            # recording it done.
-            if self.lease is not None:
-                _give_back(self.lease, cfg, self.out, f"cannot execute the command: {exc}")
-            raise
-        if child.unprotected:
-            self.out.warning(f"{cfg.key}: " + "; ".join(child.unprotected))
-        # After the spawn: the start ping and the metrics write may be slow, and
-        # must never hold the job back while its lease ticks.
-        self.hooks.started(self.lease.owner if self.lease else "")
-        long_lived()
-        started = time.monotonic()
-        timeout_at = started + cfg.timeout if cfg.timeout is not None else None
-        while True:
-            status = child.reap()
-            for sig in self.inbox.take():
-                if sig != signal.SIGCHLD:
-                    child.forward(sig)
-                    if sig in STOP_SIGNALS:  # as timeout(1): a stopped job must see it
-                        child.forward(signal.SIGCONT)
-            now = time.monotonic()
-            if status is not None:
-                if not child.leftovers():
-                    break
-                if not self.cleaning:
-                    self.cleaning = True
-                    self.out.warning(f"{cfg.key}: the job exited but left processes running; "
-                                     "stopping them before releasing the lock")
-                    self._stop(child, now)
-            if timeout_at is not None and not self.timed_out and now >= timeout_at:
-                self.timed_out = True
-                self.out.error(f"{cfg.key} fire {cfg.fire} timed out after "
-                               f"{cfg.timeout:g}s; stopping it")
-                self._stop(child, now)
-            if self.kill_at is not None and now >= self.kill_at:
-                child.signal_tree(signal.SIGKILL)
-                self.kill_at = None
-            if self.lease is not None and not self.lost:
-                self._keep_lease(child)
-            self.inbox.wait(self._next_wake(timeout_at))
-        child.restore_terminal()
-        code = ExitCode.TIMEOUT if self.timed_out else from_wait_status(child.status or 0)
-        if self.lease is not None and self.lost:
-            self._record_lost_end(int(code))
-        elif self.lease is not None:
-            outcome = "timeout" if self.timed_out else "exited"
-            _release(self.lease, cfg, self.out, int(code), outcome, self.state)
-        if cfg.mail_on_failure and code != 0 and not self.timed_out:  # a timeout said so
-            # cron mails output only: a job that fails silently would go unnoticed
-            self.out.error(f"{cfg.key} fire {cfg.fire} failed on {socket.gethostname()} with "
-                           f"exit status {int(code)}")
-        self.hooks.finished(int(code))
-        return int(code)
-
-    def _record_lost_end(self, code: int) -> None:
-        assert self.lease is not None
-        try:
-            self.lease.release(self.cfg.retention_ms(time.time()), code, "lost")
-        except RedisUnavailable:  # the loss was already reported: keep the end, quietly
-            self.state.redis_failed(end=_kept_end(self.lease, self.cfg, code, "lost"))
-
-    def _stop(self, child: Child, now: float) -> None:
-        child.signal_tree(signal.SIGTERM)
-        child.signal_tree(signal.SIGCONT)  # a stopped job must wake to see SIGTERM
-        self.kill_at = now + self.cfg.kill_after
-
-    def _keep_lease(self, child: Child) -> None:
-        assert self.lease is not None
-        now = time.monotonic()
-        if now >= self.next_renew:
-            try:
-                renewed = self.lease.renew()
-            except RedisUnavailable as exc:
-                if not self.renew_failing:
-                    line = _outage_line(self.state, self.state.redis_failed(),
-                                        f"{exc}; cannot renew the lease on {self.cfg.key}, "
-                                        "retrying")
-                    if line:
-                        self.out.warning(line)
-                self.renew_failing = True
-                self.next_renew = now + self.retry_interval
-            else:
-                self.state.redis_ok()
-                if renewed.ok:
-                    self.renew_failing = False
-                    self.lease_deadline = now + self.cfg.ttl
-                    self.next_renew = now + self.interval
-                else:
-                    self._lose(child, renewed.reason)
-                    return
-        if time.monotonic() >= self.lease_deadline:
-            self._lose(child, f"no successful renewal within the {self.cfg.ttl:g}s ttl")
-
-    def _lose(self, child: Child, reason: str) -> None:
-        self.lost = True
-        where = f"lost the lease on {self.cfg.key} fire {self.cfg.fire} ({reason})"
-        if self.cfg.on_lost == "kill" and child.status is None:
-            self.out.error(f"{where}; stopping the job (--on-lost kill)")
-            self._stop(child, time.monotonic())
-        else:
-            self.out.error(f"{where}; the job keeps running without a lock (--on-lost warn)")
-
-    def _next_wake(self, timeout_at: float | None) -> float:
-        candidates = [t for t in (timeout_at if not self.timed_out else None, self.kill_at)
-                      if t is not None]
-        if self.lease is not None and not self.lost:
-            candidates += [self.next_renew, self.lease_deadline]
-        if self.cleaning:
-            candidates.append(time.monotonic() + 0.05)  # group members don't SIGCHLD us
-        if not candidates:
-            return 60.0
-        return max(0.0, min(candidates) - time.monotonic())

@@ -362,3 +362,25 @@ def _parse(data: bytes) -> Outage:
             if end is not None:
                 outage.ends.append(end)
     return outage
+
+
+def outage_line(state: HostState, say: str | None, text: str) -> str | None:
+    """The line for a Redis failure: the first of an outage, an hourly reminder, or none.
+
+    cron mails every line, and during an outage every crontab line of every
+    server fails each minute: one line per server and user says it, the rest
+    stay quiet until Redis answers again (then one line says what was missed).
+    """
+    if say is None:
+        return None
+    if say == "reminder":
+        from lockrun.durations import human_duration
+
+        since = state.since()
+        ago = human_duration(time.time() - since) if since is not None else "an hour"
+        return f"{text} (still failing: first failure on this server {ago} ago)"
+    if state.problem:
+        return f"{text} (every failure is reported: {state.problem})"
+    if state.path is None:
+        return text
+    return f"{text} (further failures on this server stay quiet until Redis is back)"

@@ -275,7 +275,7 @@ def test_a_python_program_running_lockrun_keeps_its_own_signal_handlers(
 
 STORM = """
 import os, signal
-from lockrun.supervise import MAX_PENDING, SignalInbox
+from lockrun.process import MAX_PENDING, SignalInbox
 
 inbox = SignalInbox()
 os.kill(os.getpid(), signal.SIGTERM)
@@ -299,7 +299,7 @@ def test_a_prctl_the_kernel_refuses_is_reported_not_ignored() -> None:
     """lockrun warns when the subreaper or parent-death signal is not set: it must see the error."""
     import errno
 
-    from lockrun.supervise import _libc_prctl
+    from lockrun.process import _libc_prctl
 
     pr_set_pdeathsig, pr_get_dumpable = 1, 3
     assert _libc_prctl(pr_set_pdeathsig, 100000) == errno.EINVAL  # no such signal

@@ -1,0 +1,212 @@
+"""The wait loop of a fire that runs: forward signals, renew the lease, enforce --timeout,
+reap the job's whole tree, and record its end.
+
+lockrun.runner decides whether this server runs the fire; lockrun.process
+holds the child itself (spawn, process group, tree kill, terminal).
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from typing import Protocol
+
+from lockrun.config import Config
+from lockrun.errors import LockrunError, PossibleDuplicate, RedisUnavailable
+from lockrun.exitcodes import ExitCode, from_wait_status
+from lockrun.output import Reporter
+from lockrun.process import Child, SignalInbox
+from lockrun.protocol import Lease
+from lockrun.startup import long_lived
+from lockrun.state import HostState, KeptEnd, outage_line
+
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT})
+
+
+class JobHooks(Protocol):
+    """What the loop tells monitoring (lockrun.monitor.Hooks, or nothing at all)."""
+
+    def started(self, owner: str) -> None: ...
+
+    def finished(self, exit_code: int) -> None: ...
+
+
+def give_back(lease: Lease, cfg: Config, out: Reporter, reason: str) -> None:
+    """Leave the fire unclaimed, not done, so another server or a later tick can run it."""
+    try:
+        lease.abandon(reason)
+    except RedisUnavailable as exc:
+        out.error(f"{exc}; could not give back fire {cfg.fire} of {cfg.key}: other servers "
+                  f"skip it until its claim expires within {cfg.ttl:g}s")
+
+
+def release(lease: Lease, cfg: Config, out: Reporter, code: int, outcome: str,
+             state: HostState) -> None:
+    try:
+        if not lease.release(cfg.retention_ms(time.time()), code, outcome):
+            out.error(f"lease on {cfg.key} fire {cfg.fire} was lost before the job ended; "
+                      "another server may have run this fire too")
+        else:
+            state.redis_ok()
+    except PossibleDuplicate as exc:  # recorded, but maybe not where the next server looks
+        out.error(str(exc))
+    except RedisUnavailable as exc:
+        say = state.redis_failed(end=kept_end(lease, cfg, code, outcome))
+        if state.kept:
+            text = (f"{exc}; could not record the end of fire {cfg.fire} of {cfg.key} yet: "
+                    f"kept in {state.directory} until Redis answers again")
+        else:
+            text = (f"{exc}; could not record the end of fire {cfg.fire} of {cfg.key}: "
+                    f"its claim expires within {cfg.ttl:g}s")
+        line = outage_line(state, say, text)
+        if line:
+            out.error(line)
+
+
+def kept_end(lease: Lease, cfg: Config, code: int, outcome: str) -> KeptEnd:
+    """What the done record and the history need, to be written once Redis answers."""
+    now = time.time()
+    return KeptEnd(lease.prefix, cfg.key, cfg.fire, lease.owner, lease.host, lease.fence,
+                   lease.guard, int(code), outcome, now, cfg.retention_ms(now) / 1000)
+
+
+class Supervisor:
+    """The wait loop: forward signals, renew the lease, enforce --timeout, reap."""
+
+    def __init__(self, cfg: Config, out: Reporter, inbox: SignalInbox, lease: Lease | None,
+                 acquired_at: float, hooks: JobHooks, state: HostState) -> None:
+        self.cfg = cfg
+        self.state = state
+        self.hooks = hooks
+        self.out = out
+        self.inbox = inbox
+        self.lease = lease
+        self.interval = cfg.ttl / 3
+        self.retry_interval = max(0.1, min(1.0, cfg.ttl / 10))
+        self.lease_deadline = acquired_at + cfg.ttl
+        self.next_renew = acquired_at + self.interval
+        self.lost = False
+        self.renew_failing = False
+        self.timed_out = False
+        self.kill_at: float | None = None
+        self.cleaning = False
+
+    def run(self, program: str, env: dict[str, str]) -> int:
+        cfg = self.cfg
+        try:
+            child = Child(cfg.command, program, env)
+        except LockrunError as exc:
+            # Nothing ran: give the fire back so a server that can run it does
+            # (a missing interpreter on this host only, say), instead of
+            # recording it done.
+            if self.lease is not None:
+                give_back(self.lease, cfg, self.out, f"cannot execute the command: {exc}")
+            raise
+        if child.unprotected:
+            self.out.warning(f"{cfg.key}: " + "; ".join(child.unprotected))
+        # After the spawn: the start ping and the metrics write may be slow, and
+        # must never hold the job back while its lease ticks.
+        self.hooks.started(self.lease.owner if self.lease else "")
+        long_lived()
+        started = time.monotonic()
+        timeout_at = started + cfg.timeout if cfg.timeout is not None else None
+        while True:
+            status = child.reap()
+            for sig in self.inbox.take():
+                if sig != signal.SIGCHLD:
+                    child.forward(sig)
+                    if sig in STOP_SIGNALS:  # as timeout(1): a stopped job must see it
+                        child.forward(signal.SIGCONT)
+            now = time.monotonic()
+            if status is not None:
+                if not child.leftovers():
+                    break
+                if not self.cleaning:
+                    self.cleaning = True
+                    self.out.warning(f"{cfg.key}: the job exited but left processes running; "
+                                     "stopping them before releasing the lock")
+                    self._stop(child, now)
+            if timeout_at is not None and not self.timed_out and now >= timeout_at:
+                self.timed_out = True
+                self.out.error(f"{cfg.key} fire {cfg.fire} timed out after "
+                               f"{cfg.timeout:g}s; stopping it")
+                self._stop(child, now)
+            if self.kill_at is not None and now >= self.kill_at:
+                child.signal_tree(signal.SIGKILL)
+                self.kill_at = None
+            if self.lease is not None and not self.lost:
+                self._keep_lease(child)
+            self.inbox.wait(self._next_wake(timeout_at))
+        child.restore_terminal()
+        code = ExitCode.TIMEOUT if self.timed_out else from_wait_status(child.status or 0)
+        if self.lease is not None and self.lost:
+            self._record_lost_end(int(code))
+        elif self.lease is not None:
+            outcome = "timeout" if self.timed_out else "exited"
+            release(self.lease, cfg, self.out, int(code), outcome, self.state)
+        if cfg.mail_on_failure and code != 0 and not self.timed_out:  # a timeout said so
+            # cron mails output only: a job that fails silently would go unnoticed
+            self.out.error(f"{cfg.key} fire {cfg.fire} failed on {socket.gethostname()} with "
+                           f"exit status {int(code)}")
+        self.hooks.finished(int(code))
+        return int(code)
+
+    def _record_lost_end(self, code: int) -> None:
+        assert self.lease is not None
+        try:
+            self.lease.release(self.cfg.retention_ms(time.time()), code, "lost")
+        except RedisUnavailable:  # the loss was already reported: keep the end, quietly
+            self.state.redis_failed(end=kept_end(self.lease, self.cfg, code, "lost"))
+
+    def _stop(self, child: Child, now: float) -> None:
+        child.signal_tree(signal.SIGTERM)
+        child.signal_tree(signal.SIGCONT)  # a stopped job must wake to see SIGTERM
+        self.kill_at = now + self.cfg.kill_after
+
+    def _keep_lease(self, child: Child) -> None:
+        assert self.lease is not None
+        now = time.monotonic()
+        if now >= self.next_renew:
+            try:
+                renewed = self.lease.renew()
+            except RedisUnavailable as exc:
+                if not self.renew_failing:
+                    line = outage_line(self.state, self.state.redis_failed(),
+                                        f"{exc}; cannot renew the lease on {self.cfg.key}, "
+                                        "retrying")
+                    if line:
+                        self.out.warning(line)
+                self.renew_failing = True
+                self.next_renew = now + self.retry_interval
+            else:
+                self.state.redis_ok()
+                if renewed.ok:
+                    self.renew_failing = False
+                    self.lease_deadline = now + self.cfg.ttl
+                    self.next_renew = now + self.interval
+                else:
+                    self._lose(child, renewed.reason)
+                    return
+        if time.monotonic() >= self.lease_deadline:
+            self._lose(child, f"no successful renewal within the {self.cfg.ttl:g}s ttl")
+
+    def _lose(self, child: Child, reason: str) -> None:
+        self.lost = True
+        where = f"lost the lease on {self.cfg.key} fire {self.cfg.fire} ({reason})"
+        if self.cfg.on_lost == "kill" and child.status is None:
+            self.out.error(f"{where}; stopping the job (--on-lost kill)")
+            self._stop(child, time.monotonic())
+        else:
+            self.out.error(f"{where}; the job keeps running without a lock (--on-lost warn)")
+
+    def _next_wake(self, timeout_at: float | None) -> float:
+        candidates = [t for t in (timeout_at if not self.timed_out else None, self.kill_at)
+                      if t is not None]
+        if self.lease is not None and not self.lost:
+            candidates += [self.next_renew, self.lease_deadline]
+        if self.cleaning:
+            candidates.append(time.monotonic() + 0.05)  # group members don't SIGCHLD us
+        if not candidates:
+            return 60.0
+        return max(0.0, min(candidates) - time.monotonic())
