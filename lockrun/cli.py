@@ -1,5 +1,9 @@
-"""Command line: dispatch to the wrapper or an admin verb, map every failure to one line
-and an exit code. The options live in lockrun.wrapper_cli and lockrun.admin_cli."""
+"""Command line: dispatch to the fast parser, the wrapper or an admin verb, map every
+failure to one line and an exit code. The options live in lockrun.optiontable (the
+wrapper's, read by lockrun.argv and lockrun.wrapper_cli) and lockrun.admin_cli.
+
+click is imported only when the fast parser declines a line: a cron fire's skip
+should cost little more than the interpreter's start."""
 
 from __future__ import annotations
 
@@ -7,15 +11,9 @@ import os
 import sys
 from typing import NoReturn
 
-import click
-
-from lockrun.configfile import EXTRA_SETTINGS
-from lockrun.configfile import load as load_settings
 from lockrun.errors import LockrunError, UsageError
 from lockrun.exitcodes import ExitCode
-from lockrun.options import bad_parameter
 from lockrun.output import Reporter
-from lockrun.wrapper_cli import wrapper
 
 ADMIN_VERBS = ("status", "history", "unlock", "doctor")
 
@@ -52,14 +50,48 @@ def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point: nothing but parsing and mapping exceptions to exit statuses."""
     out = Reporter()
     try:
-        if os.environ.get("_LOCKRUN_COMPLETE"):  # the shell's TAB, before any file is read
-            from lockrun.completion import complete
+        status = _dispatch(sys.argv[1:] if argv is None else argv, out)
+    except LockrunError as exc:
+        out.error(str(exc))
+        status = exc.exit_code
+    except KeyboardInterrupt:
+        status = ExitCode.SIGNAL_BASE + 2
+    except Exception as exc:  # a bug must still give one line, not a traceback
+        if os.environ.get("LOCKRUN_DEBUG"):
+            raise
+        out.error(f"internal error: {type(exc).__name__}: {exc} "
+                  "(LOCKRUN_DEBUG=1 shows a traceback)")
+        status = ExitCode.SOFTWARE
+    sys.exit(status)
 
-            sys.exit(complete(os.environ["_LOCKRUN_COMPLETE"]))
-        args = sys.argv[1:] if argv is None else argv
-        settings = load_settings({p.name: p for p in wrapper.params
-                                  if p.name and isinstance(p, click.Option) and not p.is_eager})
-        defaults = {k: v for k, v in settings.values.items() if k not in EXTRA_SETTINGS}
+
+def _dispatch(args: list[str], out: Reporter) -> int:
+    """A plain crontab line takes the fast parser; everything else, and any doubt, click."""
+    if os.environ.get("_LOCKRUN_COMPLETE"):  # the shell's TAB, before any file is read
+        from lockrun.completion import complete
+
+        return complete(os.environ["_LOCKRUN_COMPLETE"])
+    if not is_admin(args):
+        from lockrun.argv import parse
+
+        inv = parse(args)
+        if inv is not None:
+            from lockrun.runner import run
+
+            return run(inv.config, inv.reporter())
+    return _with_click(args, out)
+
+
+def _with_click(args: list[str], out: Reporter) -> int:
+    """The click commands, as before the fast parser: help, version, verbs and every error."""
+    import click
+
+    from lockrun.options import bad_parameter
+    from lockrun.wrapper_cli import file_defaults, file_settings, wrapper
+
+    try:
+        settings = file_settings()
+        defaults = file_defaults(settings)
         if is_admin(args):
             from lockrun.admin_cli import admin
 
@@ -81,15 +113,4 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except click.ClickException as exc:
         out.error(exc.format_message())
         status = ExitCode.USAGE
-    except LockrunError as exc:
-        out.error(str(exc))
-        status = exc.exit_code
-    except KeyboardInterrupt:
-        status = ExitCode.SIGNAL_BASE + 2
-    except Exception as exc:  # a bug must still give one line, not a traceback
-        if os.environ.get("LOCKRUN_DEBUG"):
-            raise
-        out.error(f"internal error: {type(exc).__name__}: {exc} "
-                  "(LOCKRUN_DEBUG=1 shows a traceback)")
-        status = ExitCode.SOFTWARE
-    sys.exit(int(status) if isinstance(status, int) else 0)
+    return int(status) if isinstance(status, int) else 0

@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import click
-
 from lockrun.errors import UsageError
 
 DEFAULT_PATH = "/etc/lockrun.toml"
@@ -97,12 +95,13 @@ def read_regular_file(path: str, what: str, limit: int) -> bytes:
         os.close(fd)
 
 
-def load(allowed: Mapping[str, click.Parameter]) -> FileSettings:
+def load(allowed: Mapping[str, str]) -> FileSettings:
     """Read and check the file; any problem is a usage error naming the file and line.
 
-    *allowed* maps each option name to its click parameter, so a value's TOML
-    type is checked against what the option takes: click would turn 3.7 into
-    3 and 1e16 into a duration.
+    *allowed* maps each option name to its kind in lockrun.optiontable
+    (duration, whole, choice, flag, string), so a value's TOML type is checked
+    against what the option takes: click would turn 3.7 into 3 and 1e16 into a
+    duration. Kinds, not click parameters: a fire reads the file without click.
     """
     path = config_path()
     if path is None:
@@ -145,16 +144,9 @@ _DURATION = 'a duration string such as "90s" or a whole number of seconds'
 _STRING = "a string in double quotes"
 
 
-def _expected_type(param: click.Parameter | None) -> str:
-    if param is None:  # redis_password
-        return _STRING
-    if isinstance(param, click.Option) and param.is_flag:
-        return _BOOLEAN
-    if isinstance(param.type, click.types.IntParamType):
-        return _INTEGER
-    if getattr(param, "metavar", None) == "DURATION":
-        return _DURATION
-    return _STRING
+def _expected_type(kind: str | None) -> str:
+    """None: a setting that is no option (redis_password), a string."""
+    return {"flag": _BOOLEAN, "whole": _INTEGER, "duration": _DURATION}.get(kind or "", _STRING)
 
 
 def _has_type(value: object, expected: str) -> bool:

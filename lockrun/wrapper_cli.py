@@ -1,35 +1,23 @@
-"""The wrapper's command line: every option of a crontab line, and the Config it becomes.
+"""The wrapper's click command: generated from lockrun.optiontable, for --help, errors,
+completion and every line the fast parser (lockrun.argv) leaves to click.
 
-lockrun.cli dispatches between this command and the admin verbs and maps
-every failure to an exit status; this module only declares the options and
-turns their values into a Config for lockrun.runner.
+lockrun.cli dispatches between this command, the fast parser and the admin
+verbs and maps every failure to an exit status; the values become a Config
+in lockrun.optiontable.invocation, the same for both parsers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import click
 
 from lockrun import __version__
-from lockrun.errors import UsageError
-from lockrun.options import (
-    PlainInt,
-    apply,
-    connection_options,
-    duration,
-    env,
-    http_url,
-    name,
-    password,
-    state_dir,
-    tls_files,
-    writable_dir,
-)
-from lockrun.output import Reporter, Verbosity
+from lockrun.configfile import EXTRA_SETTINGS, FileSettings, load
+from lockrun.options import apply, click_option, password
+from lockrun.optiontable import WRAPPER, Invocation, Value, invocation, option_kinds
 
-DURATION = duration()
-EXIT_CODE = PlainInt(0, 255)
 CONTEXT = {
     "help_option_names": ["-h", "--help"],
     "allow_interspersed_args": False,
@@ -68,83 +56,10 @@ class _Command(click.Command):
                "timeout; 126 not executable; 127 not found. Defaults for every option can "
                "live in /etc/lockrun.toml (or the file named by LOCKRUN_CONFIG). "
                "See lockrun(1).")
-@click.option("-k", "--key", required=True, callback=name, metavar="NAME",
-              help="Job name: 1-200 of A-Z a-z 0-9 . _ - : (never read from the environment).")
-@click.option("--ttl", **duration(minimum=1.0), default="60s", **env("TTL"),
-              help="Lease length; renewed every ttl/3 while the job runs.  [default: 60s]")
-@apply(connection_options())
-@click.option("--fire", callback=name, metavar="ID",
-              help="Fire id (default: the current UTC minute, e.g. 2026-11-22T03:00:00Z).")
-@click.option("--schedule", metavar="EXPR", **env("SCHEDULE"),
-              help="The job's cron schedule (5 fields or @daily...): the fire id becomes the "
-                   "latest scheduled time, so late starts still agree.")
-@click.option("--tz", metavar="ZONE", **env("TZ"),
-              help="Time zone of --schedule.  [default: the one of $CRON_TZ, $TZ and the "
-                   "system's in which this tick is a scheduled time]")
-@click.option("--grace", **duration(positive=True), default="60s", **env("GRACE"),
-              help="With --schedule: skip (too-late) when started this long after the "
-                   "scheduled time.  [default: 60s]")
-@click.option("--max-skew", **DURATION, default="2s", **env("MAX_SKEW"),
-              help="Warn when this server's clock differs from Redis's by more "
-                   "(0: never).  [default: 2s]")
-@click.option("--overlap", type=click.Choice(["skip", "allow"]), default="skip",
-              **env("OVERLAP"),
-              help="skip: skip while an earlier fire of this key still runs.  [default: skip]")
-@click.option("--retention", default="24h", **env("RETENTION"), **duration(
-                  minimum=120.0, why=": a shorter one lets a late server rerun a fire"),
-              help="How long a finished fire's done record is kept (>= 2m).  [default: 24h]")
-@click.option("--on-redis-error", type=click.Choice(["fail", "skip", "run"]), default="fail",
-              **env("ON_REDIS_ERROR"),
-              help="fail: exit 75 without running; skip: exit with the skip code; "
-                   "run: run without a lock.  [default: fail]")
-@click.option("--on-lost", type=click.Choice(["warn", "kill"]), default="warn",
-              **env("ON_LOST"),
-              help="When the lease is lost mid-run: warn, or stop the job.  [default: warn]")
-@click.option("--timeout", **duration(positive=True), default=None, **env("TIMEOUT"),
-              help="Stop the job's whole process tree after this long; exit 124.")
-@click.option("--kill-after", **DURATION, default="10s", **env("KILL_AFTER"),
-              help="Grace between SIGTERM and SIGKILL when lockrun stops the job.  [default: 10s]")
-@click.option("-E", "--skip-exit-code", type=EXIT_CODE, default=0, metavar="N",
-              **env("SKIP_EXIT_CODE"),
-              help="Exit status when another server runs this fire.  [default: 0]")
-@click.option("--error-exit-code", type=EXIT_CODE, default=75, metavar="N",
-              **env("ERROR_EXIT_CODE"),
-              help="Exit status when Redis cannot be used.  [default: 75]")
-@click.option("--jitter", **duration(maximum=3600.0), default="0", **env("JITTER"),
-              help="Random delay before acquiring; the fire id is fixed first.  [default: 0]")
-@click.option("--wait-replicas", type=PlainInt(0, 64), default=0, metavar="N",
-              **env("WAIT_REPLICAS"),
-              help="After claiming, wait until N replicas have the claim (Redis WAIT); warn "
-                   "if fewer do.  [default: 0]")
-@click.option("--wait-timeout", default="1s", **env("WAIT_TIMEOUT"), **duration(positive=True),
-              help="How long --wait-replicas waits.  [default: 1s]")
-@click.option("--strict-replicas", is_flag=True, **env("STRICT_REPLICAS"),
-              help="With --wait-replicas: give the claim back and exit 75 if too few "
-                   "replicas acknowledge it.")
-@click.option("--ping-url", metavar="URL", callback=http_url, **env("PING_URL"),
-              help="Healthchecks-style pings from the server that runs the fire: URL/start, "
-                   "then URL on success or URL/<exit code> on failure.")
-@click.option("--metrics-dir", metavar="DIR", callback=writable_dir, **env("METRICS_DIR"),
-              help="Write a Prometheus textfile (lockrun_<key>.prom) here on every fire.")
-@click.option("--state-dir", metavar="DIR", callback=state_dir, **env("STATE_DIR"),
-              help="Where this user's lockrun state lives on this server (outages, job ends "
-                   "to record later); '' turns it off.  [default: /var/lib/lockrun for root, "
-                   "else ~/.local/state/lockrun or /var/tmp/lockrun-UID]")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
-              **env("LOG_FORMAT"), help="Messages as text lines or JSON objects.  "
-                                        "[default: text]")
-@click.option("--mail-on-failure", is_flag=True, **env("MAIL_ON_FAILURE"),
-              help="When the job fails (exit status not 0), print one line on stderr, so cron "
-                   "mails it even if the job printed nothing.")
-@click.option("--syslog", is_flag=True, **env("SYSLOG"),
-              help="Also send every message, decisions included, to syslog (facility cron).")
-@click.option("-v", "--verbose", is_flag=True, **env("VERBOSE"),
-              help="One line per decision on stderr (acquired, skipped and why).")
-@click.option("-q", "--quiet", is_flag=True, **env("QUIET"),
-              help="No warnings; errors are still printed.")
+@apply([click_option(option) for option in WRAPPER])
 @click.version_option(__version__, "-V", "--version", prog_name="lockrun")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="-- COMMAND [ARG]...")
-def wrapper(**options: Any) -> int:
+def wrapper(command: tuple[str, ...], **options: Value) -> int:
     """Run COMMAND on exactly one server per scheduled fire, using a Redis lock.
 
     Put the same line in every server's crontab; the server that claims the
@@ -162,59 +77,33 @@ def wrapper(**options: Any) -> int:
     """
     import time
 
-    from lockrun.config import Config
-    from lockrun.fire import minute_fire
     from lockrun.runner import run
 
-    if options["verbose"] and options["quiet"]:
-        raise UsageError("--verbose and --quiet cannot be used together")
-    slot = None
-    if options["schedule"] is not None:
-        if options["fire"] is not None:
-            raise UsageError("--fire and --schedule cannot be used together: "
-                             "--schedule derives the fire id")
-        from lockrun.schedule import cron_zones, slot_of_tick, validate, zone_from
+    inv = _invocation(click.get_current_context(), command, options, time.time())
+    return run(inv.config, inv.reporter())
 
-        if options["tz"] is not None:
-            slot = validate(options["schedule"], zone_from(options["tz"]), time.time())
-        else:  # the zone cron used: CRON_TZ (cronie) or the system's (Debian's cron)
-            slot = slot_of_tick(options["schedule"], cron_zones(), time.time())
-    verbosity = (Verbosity.VERBOSE if options["verbose"]
-                 else Verbosity.QUIET if options["quiet"] else Verbosity.NORMAL)
-    if not options["command"]:
-        raise UsageError("no command given: use lockrun [OPTIONS] -- COMMAND [ARG]...")
-    settings = click.get_current_context().obj
-    cfg = Config(
-        key=options["key"],
-        key_prefix=options["key_prefix"],
-        redis_password=password(settings),
-        fire=slot.fire_id if slot else options["fire"] or minute_fire(),
-        command=tuple(options["command"]),
-        ttl=options["ttl"],
-        redis_url=options["redis_url"],
-        redis_timeout=options["redis_timeout"],
-        overlap=options["overlap"],
-        retention=options["retention"],
-        on_redis_error=options["on_redis_error"],
-        on_lost=options["on_lost"],
-        timeout=options["timeout"],
-        kill_after=options["kill_after"],
-        skip_exit_code=options["skip_exit_code"],
-        error_exit_code=options["error_exit_code"],
-        jitter=options["jitter"],
-        verbosity=verbosity,
-        slot=slot,
-        grace=options["grace"],
-        max_skew=options["max_skew"],
-        ping_url=options["ping_url"],
-        metrics_dir=options["metrics_dir"],
-        tls=tls_files(options),
-        wait_replicas=options["wait_replicas"],
-        wait_timeout=options["wait_timeout"],
-        strict_replicas=options["strict_replicas"],
-        mail_on_failure=options["mail_on_failure"],
-        state_dir=options["state_dir"],
-    )
-    out = Reporter(verbosity, json_lines=options["log_format"] == "json", syslog=options["syslog"])
-    out.context = {"key": cfg.key, "fire": cfg.fire}
-    return run(cfg, out)
+
+def _invocation(ctx: click.Context, command: tuple[str, ...], options: Mapping[str, Value],
+                now: float) -> Invocation:
+    settings = ctx.obj if isinstance(ctx.obj, FileSettings) else None
+    return invocation(options, tuple(command), password(settings), now)
+
+
+def file_settings() -> FileSettings:
+    """The configuration file, its values' types checked against the wrapper's options."""
+    return load(option_kinds())
+
+
+def file_defaults(settings: FileSettings) -> dict[str, Any]:
+    """The file's values as click's default_map: below the flag and the variable."""
+    return {k: v for k, v in settings.values.items() if k not in EXTRA_SETTINGS}
+
+
+def parse(args: list[str], now: float) -> Invocation:
+    """What click makes of a wrapper line, without running it: lockrun.argv's reference."""
+    settings = file_settings()
+    with wrapper.make_context("lockrun", list(args), default_map=file_defaults(settings),
+                              obj=settings) as ctx:
+        params = dict(ctx.params)
+        command = params.pop("command")
+        return _invocation(ctx, tuple(command), params, now)
