@@ -1,31 +1,37 @@
-"""One Redis connection for lockrun: bounded timeouts, no hidden retries, one error mapping.
+"""One Redis client for lockrun: bounded timeouts, no hidden retries, one error mapping.
 
-Built from the checked --redis-url fields for a single server, a Sentinel
-primary or a Cluster; every redis-py failure leaves here as one
-RedisUnavailable line with the URL redacted. What is said over the
-connection (the Lua scripts, the lease) lives in lockrun.protocol.
+Built from the checked --redis-url fields. Two transports carry the bytes
+(see Transport): lockrun.resp, a small stdlib client, for a single server
+(``redis://``, ``rediss://``, ``unix://``), which is what keeps a skip from
+importing redis-py; and lockrun.redispy for Sentinel and Cluster. Everything
+lockrun decides about a failure (the one RedisUnavailable line with the URL
+redacted, EVAL after NOSCRIPT, which failures are retried, whether a reply
+was lost) is decided here, once, for both. What is said over the connection
+(the Lua scripts, the lease) lives in lockrun.protocol.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lockrun.errors import RedisUnavailable, UsageError
 from lockrun.output import redact
-from lockrun.redisurl import RedisURL
+from lockrun.redisurl import RedisURL, TlsFiles
 from lockrun.redisurl import parse as parse_redis_url
+from lockrun.resp import Arg, NoScript, Timeout, TransportError
 
 if TYPE_CHECKING:
+    from lockrun.redispy import RedisPyTransport
     from lockrun.sentinel import PrimarySession
+
+TRANSPORT_ENV = "LOCKRUN_TRANSPORT"
+"""A debugging switch, read only when set: ``redis-py`` carries a single-server URL over
+redis-py instead of lockrun.resp (the test suite runs the protocol tests over both)."""
 
 
 def _denied_command(script: str, error: str) -> str | None:
@@ -45,14 +51,6 @@ def _sha(script: str) -> str:
     return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
 
 
-CLIENT_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
-
-
-def _hosts(url: RedisURL) -> list[tuple[str, int]]:
-    """The checked HOST:PORT list of a Sentinel or Cluster URL, as redis-py takes it."""
-    return list(url.hosts)
-
-
 def _auth(url: RedisURL, password: str | None) -> dict[str, Any]:
     """A password in the URL wins over LOCKRUN_REDIS_PASSWORD and the file, as documented."""
     auth: dict[str, Any] = {}
@@ -63,78 +61,73 @@ def _auth(url: RedisURL, password: str | None) -> dict[str, Any]:
     return auth
 
 
-def _cluster_nodes(url: RedisURL, password: str | None) -> tuple[list[tuple[str, int]],
-                                                                 dict[str, Any]]:
-    return _hosts(url), _auth(url, password)
+class Transport(Protocol):
+    """What LockClient needs from a connection to Redis, whichever library carries it.
 
-
-def _direct_client(url: RedisURL, common: dict[str, Any], password: str | None,
-                   tls: TlsFiles | None) -> redis.Redis:
-    """redis://, rediss:// or unix:// from the checked fields, as Redis.from_url would build it.
-
-    The same pool and connection classes as from_url, but no second URL
-    parser: nothing the check refused can reach a socket.
+    ``execute`` sends one command and returns its decoded reply; failures are
+    raised as lockrun.resp's TransportError classes (a redis-py transport
+    translates its own), so LockClient maps and retries both alike. ``errors``
+    are the exceptions a caller that reaches below LockClient (the Sentinel
+    release session) may meet.
     """
-    kwargs: dict[str, Any] = {"db": url.db, "decode_responses": True, **common,
-                              **_auth(url, password)}
-    if url.path is not None:
-        kwargs.update(connection_class=redis.UnixDomainSocketConnection, path=url.path)
-    else:
-        host, port = url.hosts[0]
-        kwargs.update(host=host, port=port)
-        if url.tls:
-            kwargs.update(connection_class=redis.SSLConnection,
-                          **(tls.redis_kwargs() if tls else {}))
-    client = redis.Redis(connection_pool=redis.ConnectionPool(**kwargs))
-    client.auto_close_connection_pool = True
-    return client
+
+    errors: tuple[type[Exception], ...]
+
+    def execute(self, *args: Arg) -> object: ...
+
+    def wait(self, key: str, replicas: int, timeout_ms: int) -> int: ...
+
+    def follow_primary(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
-def _cluster_client(nodes: list[tuple[str, int]], auth: dict[str, Any],
-                    common: dict[str, Any]) -> Any:
-    """A cluster client that routes each script by its keys (one slot per job)."""
-    from redis.cluster import ClusterNode, RedisCluster
+def _transport(parsed: RedisURL, timeout: float, password: str | None,
+               tls: TlsFiles | None) -> Transport:
+    """lockrun.resp for one server, redis-py for Sentinel and Cluster (or when asked)."""
+    choice = os.environ.get(TRANSPORT_ENV, "")
+    if choice not in ("", "stdlib", "redis-py"):
+        raise UsageError(f"{TRANSPORT_ENV} must be stdlib or redis-py, not {choice[:40]!r}")
+    auth = _auth(parsed, password)
+    if parsed.scheme in ("redis+sentinel", "redis+cluster") or choice == "redis-py":
+        from lockrun.redispy import RedisPyTransport
 
-    startup = [ClusterNode(h, p) for h, p in nodes]  # type: ignore[no-untyped-call]
-    return RedisCluster(startup_nodes=startup,
-                        decode_responses=True, cluster_error_retry_attempts=0, **auth,
-                        **common)
+        return RedisPyTransport(parsed, timeout, auth, tls)
+    from lockrun.resp import Connection, Endpoint
 
-
-def _sentinel_primary(url: RedisURL, common: dict[str, Any],
-                      password: str | None) -> redis.Redis:
-    """A client whose every new connection goes to the primary the sentinels name now.
-
-    The sentinels get the same bounded, retry-free settings as the primary, so
-    a dead sentinel costs one timeout, not a retry loop. See lockrun.sentinel
-    for why this is not redis-py's Sentinel.master_for.
-    """
-    from lockrun.sentinel import Sentinels, primary_client
-
-    sentinels = Sentinels(_hosts(url), str(url.service), dict(common))
-    return primary_client(sentinels, {"db": url.db, "decode_responses": True, **common,
-                                      **_auth(url, password)})
+    host, port = parsed.hosts[0] if parsed.hosts else ("", 6379)
+    files = (tls.ca, tls.cert, tls.key) if tls else (None, None, None)
+    endpoint = Endpoint(host=host, port=port, path=parsed.path,
+                        tls=files if parsed.tls else None, username=auth.get("username"),
+                        password=auth.get("password"), db=parsed.db)
+    return Connection(endpoint, timeout)
 
 
-@dataclass(frozen=True)
-class TlsFiles:
-    """rediss:// trust and client identity; certificate verification stays on."""
+def _pairs(flat: object) -> dict[str, str]:
+    """A flat [field, value, ...] reply (or redis-py's dict of it) as a dict."""
+    if isinstance(flat, dict):
+        return {str(k): str(v) for k, v in flat.items()}
+    items = [str(x) for x in flat] if isinstance(flat, list | tuple) else []
+    return dict(zip(items[::2], items[1::2], strict=False))
 
-    ca: str | None = None
-    cert: str | None = None
-    key: str | None = None
 
-    def redis_kwargs(self) -> dict[str, str]:
-        names = {"ca": "ssl_ca_certs", "cert": "ssl_certfile", "key": "ssl_keyfile"}
-        return {names[k]: v for k, v in vars(self).items() if v}
+def _entries(reply: object) -> list[tuple[str, dict[str, str]]]:
+    """Stream entries as redis-py shapes them: (id, {field: value})."""
+    rows = reply if isinstance(reply, list | tuple) else []
+    return [(str(entry[0]), _pairs(entry[1] or {})) for entry in rows]
+
+
+# Plain-command replies in the shapes redis-py's callbacks give, whichever transport
+# answered, so the admin verbs and doctor read one shape.
+_SHAPES = {"HGETALL": _pairs, "XRANGE": _entries, "XREVRANGE": _entries}
 
 
 class LockClient:
-    """One Redis connection with bounded timeouts and no hidden retries.
+    """One Redis client with bounded timeouts and no hidden retries, over either transport.
 
-    redis-py retries by default; a silent retry of a non-idempotent call or a
-    retry loop that outlasts the lease are both worse than an explicit,
-    bounded retry of our own idempotent scripts.
+    The only retry is call_retrying's, of our own idempotent scripts after a
+    dropped connection: a silent retry of a non-idempotent call, or a retry
+    loop that outlasts the lease, would both be worse.
     """
 
     def __init__(self, url: str, timeout: float, error_exit_code: int,
@@ -147,27 +140,20 @@ class LockClient:
         self.timeout = timeout
         self.error_exit_code = error_exit_code
         self._shas: dict[str, str] = {}
-        common: dict[str, Any] = {
-            "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
-            "retry": Retry(NoBackoff(), 0),
-            "protocol": 2,  # RESP3 would cost a HELLO round trip on every connection
-            "driver_info": None,  # no CLIENT SETINFO round trips either
-            "health_check_interval": 0,
-        }
         self.follows_sentinel = parsed.scheme == "redis+sentinel"
         self.cluster = parsed.scheme == "redis+cluster"
-        self._factory: Callable[[], Any] | None = None
-        if self.cluster:
-            nodes, auth = _cluster_nodes(parsed, password)
-            # connecting fetches the slot map, so it waits for the first call,
-            # where failures are mapped like any other
-            self._factory = lambda: _cluster_client(nodes, auth, common)
-            self._redis: Any = None
-        elif self.follows_sentinel:
-            self._redis = _sentinel_primary(parsed, common, password)
-        else:
-            self._redis = _direct_client(parsed, common, password, tls)
+        self._transport = _transport(parsed, timeout, password, tls)
+
+    @property
+    def errors(self) -> tuple[type[Exception], ...]:
+        """The exceptions of a call made below this client (the Sentinel release session)."""
+        return self._transport.errors
+
+    def _redispy(self) -> RedisPyTransport:
+        from lockrun.redispy import RedisPyTransport
+
+        assert isinstance(self._transport, RedisPyTransport), "Sentinel and Cluster only"
+        return self._transport
 
     def follow_primary(self) -> None:
         """With Sentinel, reconnect so the next call goes to the primary the sentinels name now.
@@ -178,31 +164,24 @@ class LockClient:
         connection asks GET-MASTER-ADDR-BY-NAME and checks the server's role
         (lockrun.sentinel), each step within the Redis timeout.
         """
-        if self.follows_sentinel:
-            self._redis.connection_pool.disconnect()
+        self._transport.follow_primary()
 
     def primary_session(self, address: tuple[str, int] | None = None) -> PrimarySession:
         """Sentinel only: a new session on the current primary (or on *address*, if it says
         it is a primary), for a write and its WAIT."""
-        from lockrun.sentinel import PrimarySession
-
-        kwargs = dict(self._redis.connection_pool.connection_kwargs)
-        sentinels = kwargs.pop("sentinels")
         try:
-            return PrimarySession(sentinels, kwargs, address)
-        except CLIENT_ERRORS as exc:
+            return self._redispy().primary_session(address)
+        except TransportError as exc:
             raise self.unavailable(exc) from exc
 
     def close(self) -> None:
-        if self._redis is None:
-            return
         try:
-            self._redis.close()
-        except redis.exceptions.RedisError:
+            self._transport.close()
+        except (TransportError, OSError):
             pass  # closing a broken socket must not mask the job's result
 
     def unavailable(self, exc: BaseException) -> RedisUnavailable:
-        """The one line for any redis-py failure: URL redacted, first line of the error only."""
+        """The one line for any transport failure: URL redacted, first line of the error only."""
         text = str(exc).strip()
         detail = text.splitlines()[0].rstrip(".") if text else type(exc).__name__
         if self.follows_sentinel and text.startswith("No master found for"):
@@ -216,50 +195,34 @@ class LockClient:
             self.error_exit_code,
         )
 
-    def _execute(self, *command: str | int) -> Any:
-        if self._redis is None and self._factory is not None:
-            self._redis = self._factory()
-        return self._redis.execute_command(*command)
-
     def command(self, *args: str | int) -> Any:
         """One plain command (admin verbs and doctor), with the same error mapping."""
         try:
-            return self._execute(*args)
-        except CLIENT_ERRORS as exc:
+            reply = self._transport.execute(*args)
+        except TransportError as exc:
             raise self.unavailable(exc) from exc
+        shape = _SHAPES.get(str(args[0]).upper())
+        return shape(reply) if shape and reply is not None else reply
 
     def wait(self, key: str, replicas: int, timeout_ms: int) -> int:
         """Redis WAIT on the connection that last wrote *key*, read with a long enough timeout.
 
-        WAIT only counts the writes of the connection it is sent on. The pools
-        hand back the most recently used connection (LIFO), so taking one from
-        the pool of the node that serves *key*'s slot reuses the acquire's
-        connection. The server holds the reply for up to *timeout_ms*, so the
-        read waits that long plus the usual Redis timeout instead of failing
-        with "Timeout reading from socket" when WAIT legitimately takes its time.
+        WAIT only counts the writes of the connection it is sent on, so both
+        transports send it on the acquire's connection. The server holds the
+        reply for up to *timeout_ms*, so the read waits that long plus the
+        usual Redis timeout instead of failing with "Timeout reading from
+        socket" when WAIT legitimately takes its time.
         """
         try:
-            if self.cluster:
-                pool = self._redis.get_node_from_key(key).redis_connection.connection_pool
-            else:
-                if self._redis is None and self._factory is not None:
-                    self._redis = self._factory()
-                pool = self._redis.connection_pool
-            conn = pool.get_connection()
-            try:
-                conn.send_command("WAIT", replicas, timeout_ms)
-                return int(conn.read_response(timeout=timeout_ms / 1000 + self.timeout))
-            finally:
-                pool.release(conn)
-        except CLIENT_ERRORS as exc:
+            return self._transport.wait(key, replicas, timeout_ms)
+        except TransportError as exc:
             raise self.unavailable(exc) from exc
 
     def scan(self, pattern: str) -> Iterator[str]:
         if self.cluster:  # every primary holds a share of the keys
-            self.command("PING")  # builds the lazy cluster client inside the error mapping
             try:
-                yield from self._redis.scan_iter(match=pattern, count=1000)
-            except CLIENT_ERRORS as exc:
+                yield from self._redispy().scan_cluster(pattern)
+            except TransportError as exc:
                 raise self.unavailable(exc) from exc
             return
         cursor: int | str = 0
@@ -281,10 +244,10 @@ class LockClient:
         sha = self._shas.get(script) or self._shas.setdefault(script, _sha(script))
         try:
             try:
-                reply = self._execute("EVALSHA", sha, len(keys), *keys, *args)
-            except redis.exceptions.NoScriptError:
-                reply = self._execute("EVAL", script, len(keys), *keys, *args)
-        except CLIENT_ERRORS as exc:
+                reply = self._transport.execute("EVALSHA", sha, len(keys), *keys, *args)
+            except NoScript:
+                reply = self._transport.execute("EVAL", script, len(keys), *keys, *args)
+        except TransportError as exc:
             denied = _denied_command(script, str(exc))
             if denied:
                 raise RedisUnavailable(
@@ -293,8 +256,7 @@ class LockClient:
                     self.error_exit_code) from exc
             unavailable = self.unavailable(exc)
             # a timeout after the connection was made: the script may have run
-            unavailable.reply_lost = (isinstance(exc, redis.exceptions.TimeoutError)
-                                      and "connecting" not in str(exc))
+            unavailable.reply_lost = isinstance(exc, Timeout) and not exc.connecting
             raise unavailable from exc
         if not isinstance(reply, list):
             raise self.unavailable(RuntimeError(f"unexpected script reply {reply!r}"))
@@ -315,9 +277,7 @@ class LockClient:
                 return self.call(script, keys, args)
             except RedisUnavailable as exc:
                 cause = exc.__cause__
-                retriable = isinstance(cause, redis.exceptions.ConnectionError) and not isinstance(
-                    cause, redis.exceptions.TimeoutError
-                )
+                retriable = isinstance(cause, TransportError) and cause.dropped
                 if not retriable or attempt == attempts - 1:
                     raise
                 time.sleep(0.05 * (attempt + 1))

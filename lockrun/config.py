@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from lockrun.output import Verbosity
 
 if TYPE_CHECKING:  # neither is needed unless --schedule or TLS is used
-    from lockrun.client import TlsFiles
+    from lockrun.redisurl import TlsFiles
     from lockrun.schedule import Slot
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"

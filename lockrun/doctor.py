@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lockrun.client import CLIENT_ERRORS, LockClient
+from lockrun.client import LockClient
 from lockrun.errors import RedisUnavailable
 from lockrun.protocol import Lease, job_keys, new_owner
 
@@ -44,12 +44,13 @@ def _info(client: LockClient, section: str) -> dict[str, str]:
 
 def run_checks(client: LockClient, prefix: str, max_skew: float) -> list[Check]:
     checks: list[Check] = []
+    failures: tuple[type[Exception], ...] = (*client.errors, RedisUnavailable)
     try:
         start = time.monotonic()
         client.command("PING")
         checks.append(Check("connection", OK, f"PING answered in "
                                               f"{(time.monotonic() - start) * 1000:.1f} ms"))
-    except (*CLIENT_ERRORS, RedisUnavailable) as exc:
+    except failures as exc:
         return [_unreachable(client, exc)]
     plain: list[tuple[str, Callable[[LockClient], Check]]] = [
         ("version", _version), ("role", _role), ("eviction", _eviction),
@@ -81,7 +82,7 @@ def _guarded(name: str, check: Callable[[LockClient], Check], client: LockClient
         return check(client)
     except RedisUnavailable as exc:
         return Check(name, FAIL, str(exc))
-    except CLIENT_ERRORS as exc:
+    except client.errors as exc:
         return Check(name, FAIL, str(client.unavailable(exc)))
 
 

@@ -23,7 +23,7 @@ from lockrun.errors import UsageError
 from lockrun.output import Reporter, Verbosity
 
 if TYPE_CHECKING:  # only with TLS files
-    from lockrun.client import TlsFiles
+    from lockrun.redisurl import TlsFiles
 
 Value = Union[str, int, float, bool, None]  # noqa: UP007 - an alias, evaluated at runtime
 """What an option's value can be once converted (and what the file or click hands over)."""
@@ -403,7 +403,7 @@ def tls_files(options: Mapping[str, Value]) -> TlsFiles | None:
         raise UsageError("--redis-ca, --redis-cert and --redis-key need a rediss:// URL")
     if bool(cert) != bool(key):
         raise UsageError("--redis-cert and --redis-key go together")
-    from lockrun.client import TlsFiles
+    from lockrun.redisurl import TlsFiles
 
     return TlsFiles(_text(ca), _text(cert), _text(key))
 

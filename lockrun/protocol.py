@@ -14,7 +14,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from lockrun.client import CLIENT_ERRORS, LockClient
+from lockrun.client import LockClient
 from lockrun.errors import PossibleDuplicate, RedisUnavailable
 from lockrun.lua import Script
 from lockrun.output import redact
@@ -335,6 +335,7 @@ class Lease:
         doubt = ""  # why the record may not stay, other than replicas short
         short, short_text = 0, ""  # expected replicas without the record
         targets: list[tuple[str, int] | None] = [None]  # None: the one the sentinels name
+        failures: tuple[type[Exception], ...] = (*self.client.errors, RedisUnavailable)
         for _ in range(RELEASE_STEPS):
             if not targets:
                 break
@@ -358,7 +359,7 @@ class Lease:
                         continue
                     acked = session.replicas_acknowledged(wait_ms)
                     moved = not session.still_primary()
-            except (*CLIENT_ERRORS, RedisUnavailable) as exc:
+            except failures as exc:
                 failure = exc if isinstance(exc, RedisUnavailable) \
                     else self.client.unavailable(exc)
                 if not written:

@@ -234,3 +234,11 @@ def _hosts(text: str, fail: _Fail, single: bool) -> tuple[tuple[str, int], ...]:
     return tuple(hosts)
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """rediss:// trust and client identity (--redis-ca, --redis-cert, --redis-key);
+    certificate verification stays on whatever is given."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None

@@ -29,6 +29,13 @@ os.environ["LOCKRUN_CONFIG"] = ""
 _STATE_ROOT = Path(tempfile.mkdtemp(prefix="lockrun-test-state-"))
 atexit.register(shutil.rmtree, _STATE_ROOT, ignore_errors=True)
 os.environ["LOCKRUN_STATE_DIR"] = str(_STATE_ROOT / "session")
+# Which library carries a single-server URL is the ``transport`` fixture's to say, not
+# the shell's that started the suite.
+os.environ.pop("LOCKRUN_TRANSPORT", None)
+
+TRANSPORTS = ("stdlib", "redis-py")
+"""lockrun's two Redis transports: lockrun.resp (the default for redis://, rediss:// and
+unix://) and redis-py (Sentinel and Cluster, or LOCKRUN_TRANSPORT=redis-py)."""
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0,
@@ -70,6 +77,21 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test once per transport: the protocol must hold over both for the same URL.
+
+    Set in this process's environment, so a LockClient built by the test and
+    every lockrun the test starts (lockrun_env passes it on) use the same one;
+    the stdlib case leaves the variable unset, as users run lockrun.
+    """
+    if request.param == "redis-py":
+        monkeypatch.setenv("LOCKRUN_TRANSPORT", "redis-py")
+    else:
+        monkeypatch.delenv("LOCKRUN_TRANSPORT", raising=False)
+    return str(request.param)
+
+
 @pytest.fixture
 def key() -> str:
     """A job key no other test uses, so tests can share one server."""
@@ -77,7 +99,8 @@ def key() -> str:
 
 
 def lockrun_env(url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCKRUN_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("LOCKRUN_") or k == "LOCKRUN_TRANSPORT"}  # see transport()
     env["LOCKRUN_CONFIG"] = ""  # see above: never the host's /etc/lockrun.toml
     env["LOCKRUN_STATE_DIR"] = tempfile.mkdtemp(dir=_STATE_ROOT)  # nor its state
     env["LOCKRUN_REDIS_URL"] = url

@@ -22,6 +22,8 @@ from conftest import (
     wait_for,
 )
 
+pytestmark = pytest.mark.usefixtures("transport")  # each test over lockrun.resp and redis-py
+
 DENIED = ("may not run", "NOPERM", "no permissions")
 
 

@@ -20,6 +20,8 @@ from conftest import (
     wait_for,
 )
 
+pytestmark = pytest.mark.usefixtures("transport")  # each test over lockrun.resp and redis-py
+
 
 def admin(server: RedisServer, *args: str) -> Any:
     r = run_lockrun(*args, "--json", url=server.url)

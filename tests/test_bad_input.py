@@ -442,6 +442,7 @@ def test_a_url_user_name_alone_is_hidden_as_a_possible_password(tmp_path: Path) 
     pytest.param("redis://{host}:{port}/", id="trailing-slash"),
     pytest.param("redis://user:p%40ss@{host}:{port}/0", id="percent-encoded-user-password"),
 ])
+@pytest.mark.usefixtures("transport")
 def test_valid_url_forms_still_connect(redis_server: RedisServer, key: str, url: str) -> None:
     target = url.format(host="127.0.0.1", port=redis_server.port)
     env = lockrun_env(target, LOCKRUN_CONFIG="")
@@ -456,6 +457,7 @@ def test_valid_url_forms_still_connect(redis_server: RedisServer, key: str, url:
 
 
 @pytest.mark.parametrize("form", ["unix", "tcp"])
+@pytest.mark.usefixtures("transport")
 def test_a_database_number_in_the_url_is_the_database_used(own_redis: RedisServer, key: str,
                                                            form: str) -> None:
     url = (own_redis.url + "?db=5" if form == "unix"

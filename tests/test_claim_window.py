@@ -28,6 +28,8 @@ from conftest import (
 
 from lockrun.protocol import ABANDON, ACQUIRE, job_keys
 
+pytestmark = pytest.mark.usefixtures("transport")  # each test over lockrun.resp and redis-py
+
 
 def _fire_key(key: str, fire: str = "f1") -> str:
     return job_keys(key, fire)["fire"]

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import RedisServer, history, lockrun_env, run_lockrun
 
+pytestmark = pytest.mark.usefixtures("transport")  # each test over lockrun.resp and redis-py
+
 
 @pytest.mark.parametrize("code", [0, 1, 3, 42, 255])
 def test_child_exit_code_passes_through(redis_server: RedisServer, key: str, code: int) -> None:

@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 from conftest import LOCKRUN, RedisServer, free_port, lockrun_env, wait_for
 
+pytestmark = pytest.mark.usefixtures("transport")  # each test over lockrun.resp and redis-py
+
 TIMEOUT_S = 0.5
 """--redis-timeout of every cell: small, so a blackholed cell is quick and a hang obvious."""
 STARTUP_S = 3.0

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RedisServer, lockrun_env
+from conftest import RedisServer, free_port, lockrun_env
+from test_production_redis import make_certs
 
 NEVER_ON_SKIP = {"psutil", "ctypes", "cronsim", "zoneinfo", "tomllib", "tomli", "urllib.request",
                  "lockrun.admin", "lockrun.admin_cli", "lockrun.doctor", "lockrun.schedule",
                  "lockrun.monitor", "lockrun.ping", "lockrun.textfile", "lockrun.sentinel",
                  "difflib", "lockrun.hostcheck", "lockrun.access", "lockrun.crontabs",
                  "lockrun.completion"}
+REDIS_PY = {"redis", "asyncio", "importlib.metadata", "lockrun.redispy"}
+"""What redis-py costs (its __init__ imports redis.asyncio, hence asyncio, and
+importlib.metadata): none of it on a single-server URL's hot path."""
+NEVER_ON_PLAIN = REDIS_PY | {"ssl"}
+"""redis:// and unix:// need no TLS either."""
 
 
 def imported(args: list[str], env: dict[str, str]) -> set[str]:
@@ -23,21 +30,71 @@ def imported(args: list[str], env: dict[str, str]) -> set[str]:
             if line.startswith("import time:") and "|" in line}
 
 
+def skip_and_run(env: dict[str, str], key: str, *extra: str) -> tuple[set[str], set[str]]:
+    """The modules of a run (a fresh fire), then of a skip (the same fire, now done)."""
+    args = ["-k", key, "--fire", "f1", *extra, "--", "true"]
+    ran = imported(args, env)
+    skipped = imported(args, env)
+    return ran, skipped
+
+
 def test_help_imports_neither_redis_nor_the_core(redis_server: RedisServer) -> None:
     modules = imported(["--help"], lockrun_env(redis_server.url))
     assert "click" in modules  # the measurement works
-    core = {"redis", "lockrun.client", "lockrun.protocol", "lockrun.runner", "asyncio"}
+    core = {"redis", "lockrun.client", "lockrun.protocol", "lockrun.runner", "asyncio",
+            "lockrun.resp", "lockrun.redispy", "ssl"}
     assert not modules & (core | NEVER_ON_SKIP)
 
 
-def test_the_skip_path_imports_nothing_it_does_not_use(redis_server: RedisServer,
-                                                       key: str) -> None:
-    env = lockrun_env(redis_server.url)
-    args = ["-k", key, "--fire", "f1", "--", "true"]
-    subprocess.run([sys.executable, "-m", "lockrun", *args], env=env, check=True, timeout=60)
-    modules = imported(args, env)  # the fire is done now: this run skips
-    assert {"redis", "lockrun.client", "lockrun.protocol"} <= modules
-    assert not modules & NEVER_ON_SKIP
+@pytest.mark.parametrize("scheme", ["unix", "redis"])
+def test_the_skip_and_run_paths_import_nothing_they_do_not_use(redis_server: RedisServer,
+                                                               key: str, scheme: str) -> None:
+    url = redis_server.url if scheme == "unix" else redis_server.tcp_url
+    assert url.startswith(f"{scheme}://")
+    env = lockrun_env(url)
+    ran, skipped = skip_and_run(env, key)
+    fire = redis_server.client().hgetall(f"lockrun:{{{key}}}:fire:f1")
+    assert fire.get("state") == "done" and fire.get("exit") == "0"  # it did run, then skip
+    for modules in (ran, skipped):
+        assert {"lockrun.client", "lockrun.protocol", "lockrun.resp"} <= modules
+        assert not modules & NEVER_ON_PLAIN, modules & NEVER_ON_PLAIN
+    # what the run path needs for the job (ctypes, psutil) is another slice's business
+    assert not skipped & NEVER_ON_SKIP, skipped & NEVER_ON_SKIP
+
+
+def test_the_redis_py_switch_is_what_imports_redis(redis_server: RedisServer, key: str) -> None:
+    """The guard above can fail: the same skip over redis-py imports all of it."""
+    env = lockrun_env(redis_server.url, LOCKRUN_TRANSPORT="redis-py")
+    ran, skipped = skip_and_run(env, key)
+    assert redis_server.client().hget(f"lockrun:{{{key}}}:fire:f1", "state") == "done"
+    assert REDIS_PY <= skipped and REDIS_PY <= ran
+    assert "lockrun.resp" in skipped  # its error classes are the common ones
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer, Path,
+                                                                           str]]:
+    d = tmp_path_factory.mktemp("tls")
+    make_certs(d)
+    port = free_port()
+    server = RedisServer(d / "redis", ["--tls-port", str(port), "--tls-cert-file",
+                                       str(d / "server.crt"), "--tls-key-file",
+                                       str(d / "server.key"), "--tls-ca-cert-file",
+                                       str(d / "ca.crt"), "--tls-auth-clients", "yes"])
+    yield server, d, f"rediss://127.0.0.1:{port}/0"
+    server.stop()
+
+
+def test_rediss_adds_only_ssl(tls_server: tuple[RedisServer, Path, str], key: str) -> None:
+    server, d, url = tls_server
+    tls = ("--redis-ca", str(d / "ca.crt"), "--redis-cert", str(d / "client.crt"),
+           "--redis-key", str(d / "client.key"))
+    ran, skipped = skip_and_run(lockrun_env(url), key, *tls)
+    assert server.client().hget(f"lockrun:{{{key}}}:fire:f1", "state") == "done"
+    for modules in (ran, skipped):
+        assert {"ssl", "lockrun.resp"} <= modules
+        assert not modules & REDIS_PY, modules & REDIS_PY
+    assert not skipped & NEVER_ON_SKIP, skipped & NEVER_ON_SKIP
 
 
 SETTINGS = {"LOCKRUN_TTL": "10m", "LOCKRUN_VERBOSE": "1", "LOCKRUN_SKIP_EXIT_CODE": "0",

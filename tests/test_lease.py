@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import RedisServer, history, run_lockrun, start_lockrun, wait_for
 
+pytestmark = pytest.mark.usefixtures("transport")  # each test over lockrun.resp and redis-py
+
 FIRES = int(os.environ.get("LOCKRUN_TEST_FIRES", "4"))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import (
     LOCKRUN,
     RedisServer,
@@ -21,6 +22,8 @@ from conftest import (
     start_lockrun,
     wait_for,
 )
+
+pytestmark = pytest.mark.usefixtures("transport")  # each test over lockrun.resp and redis-py
 
 
 def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import RedisServer, free_port, history, run_lockrun, wait_for
 
+pytestmark = pytest.mark.usefixtures("transport")  # each test over lockrun.resp and redis-py
+
 
 def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)

@@ -11,6 +11,8 @@ from lockrun.client import LockClient
 from lockrun.errors import RedisUnavailable
 from lockrun.protocol import ACQUIRE, Lease, job_keys, new_owner
 
+pytestmark = pytest.mark.usefixtures("transport")  # each test over lockrun.resp and redis-py
+
 
 def lease(server: RedisServer, key: str, fire: str = "f1", ttl_ms: int = 10_000,
           guard: bool = True, owner: str | None = None) -> Lease:
