@@ -12,9 +12,7 @@ import errno
 import functools
 import os
 import select
-import shutil
 import signal
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from types import FrameType
@@ -53,13 +51,25 @@ def resolve_command(argv: Sequence[str], env: dict[str, str]) -> str:
             raise CommandNotExecutable(f"{program}: permission denied")
         _check_interpreter(program, program)
         return program
-    found = shutil.which(program, path=env.get("PATH", os.defpath))
+    found = _which(program, env.get("PATH", os.defpath), os.X_OK)
     if found is None:
-        if shutil.which(program, mode=os.F_OK, path=env.get("PATH", os.defpath)):
+        if _which(program, env.get("PATH", os.defpath), os.F_OK):
             raise CommandNotExecutable(f"{program}: permission denied")
         raise CommandNotFound(f"{program}: command not found")
     _check_interpreter(program, found)
     return found
+
+
+def _which(program: str, path: str, mode: int) -> str | None:
+    """shutil.which's search (first match on PATH, an empty entry is the current
+    directory, directories skipped), without importing shutil on every fire."""
+    if not path:
+        return None  # as shutil.which: an empty PATH finds nothing
+    for directory in path.split(os.pathsep):
+        candidate = os.path.join(directory or os.curdir, program)
+        if os.access(candidate, mode) and not os.path.isdir(candidate):
+            return candidate
+    return None
 
 
 def _check_interpreter(name: str, path: str) -> None:
@@ -200,6 +210,8 @@ class Child:
                 os._exit(signal.SIGKILL + 128)
             if tty is not None:
                 _give_terminal(tty, os.getpgrp())
+
+        import subprocess  # only a fire that runs the job pays for it
 
         try:
             self.proc = subprocess.Popen(

@@ -9,7 +9,6 @@ one job share the ``{KEY}`` hash tag, so every script touches a single slot.
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 import time
 from dataclasses import dataclass
@@ -200,7 +199,9 @@ def job_keys(key: str, fire: str, prefix: str = "lockrun") -> dict[str, str]:
 
 def new_owner() -> str:
     """128 random bits, plus host and pid so a human can tell who holds a lock."""
-    return f"{secrets.token_hex(16)}@{socket.gethostname()}:{os.getpid()}"
+    # os.urandom is what secrets.token_hex reads, without secrets' imports (base64, hmac,
+    # random) on every fire
+    return f"{os.urandom(16).hex()}@{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,9 @@ NEVER_ON_SKIP = {"psutil", "ctypes", "cronsim", "zoneinfo", "tomllib", "tomli", 
                  "lockrun.monitor", "lockrun.ping", "lockrun.textfile", "lockrun.sentinel",
                  "difflib", "lockrun.hostcheck", "lockrun.access", "lockrun.crontabs",
                  "lockrun.completion"}
+NOT_BEFORE_THE_JOB = {"shutil", "subprocess", "secrets"}
+"""The command is searched on PATH by hand and the owner token read from os.urandom: a
+skip needs neither shutil, subprocess nor secrets (click's --help does)."""
 REDIS_PY = {"redis", "asyncio", "importlib.metadata", "lockrun.redispy"}
 """What redis-py costs (its __init__ imports redis.asyncio, hence asyncio, and
 importlib.metadata): none of it on a single-server URL's hot path."""
@@ -60,6 +63,7 @@ def test_the_skip_and_run_paths_import_nothing_they_do_not_use(redis_server: Red
         assert not modules & NEVER_ON_PLAIN, modules & NEVER_ON_PLAIN
     # what the run path needs for the job (ctypes, psutil) is another slice's business
     assert not skipped & NEVER_ON_SKIP, skipped & NEVER_ON_SKIP
+    assert not skipped & NOT_BEFORE_THE_JOB, skipped & NOT_BEFORE_THE_JOB
 
 
 def test_the_redis_py_switch_is_what_imports_redis(redis_server: RedisServer, key: str) -> None:

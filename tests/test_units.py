@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -149,3 +150,24 @@ def test_a_script_call_must_give_exactly_its_names() -> None:
         script.bind({"k": "key"}, a="x")
     with pytest.raises(TypeError):
         script.bind({"k": "key"}, a="x", b=1, c=3)
+
+
+def test_the_command_search_finds_what_shutil_which_finds(tmp_path: Path) -> None:
+    """resolve_command searches PATH itself (no shutil import on every fire); it must
+    agree with shutil.which on what the job's PATH finds."""
+    import os
+    import shutil
+
+    from lockrun.process import _which
+
+    exe, plain, sub = tmp_path / "bin" / "tool", tmp_path / "other" / "tool", tmp_path / "dir"
+    for f in (exe, plain):
+        f.parent.mkdir(exist_ok=True)
+        f.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    (sub / "tool").mkdir(parents=True)  # a directory named like the command is skipped
+    for path in (f"{sub}:{plain.parent}:{exe.parent}", f"{exe.parent}:{plain.parent}", "",
+                 f"{plain.parent}", "/nonexistent"):
+        for mode in (os.X_OK, os.F_OK):
+            assert _which("tool", path, mode) == shutil.which("tool", mode=mode, path=path), \
+                (path, mode)
