@@ -1,15 +1,21 @@
 #!/usr/bin/env python3
-"""Per-invocation cost of lockrun, next to the floors it cannot go below.
+"""Per-invocation cost of lockrun next to the interpreter floor and its peers: issue 12's goals.
 
 Why: lockrun is a crontab prefix, so every server of a fleet starts it on every
-fire and all but one of them skip. The skip path's wall time, CPU time and peak
-RSS, paid once per server per fire, is the cost that matters; this script
-measures it (and the run path, and ``--help``) against a bare interpreter and a
-bare ``import redis``, all against a private redis-server on a unix socket.
+fire and all but one of them skip. The skip path's CPU, wall time and peak RSS,
+paid once per server per fire, is the cost that matters. Absolute figures move
+with the machine and its load, so every goal is a ratio taken in one run, side
+by side (round-robin, medians): lockrun against ``python3 -I -S -c pass`` run by
+the same interpreter (the floor no Python program goes below), and against the
+tools an operator would use instead (flock, redis-cli, a bash + redis-cli
+wrapper, etcdctl). Then what a long job's supervision holds in memory, 200
+lockruns on one fire, what a job costs Redis in bytes per day, and a capacity
+table (servers x jobs x frequency) from a bounded load test.
 
-It prints figures and asserts nothing: a failed sanity check is a warning line.
+It prints figures and PASS/MISS per goal and asserts nothing: a failed sanity
+check is a WARNING line, and the exit status is 0 unless the bench itself broke.
 
-    python bench/bench.py [--runs N | --quick] [--json FILE] [--output FILE] [--no-scenarios]
+    python bench/bench.py [--runs N] [--quick] [--json FILE] [--output FILE] [--no-scenarios]
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import platform
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +35,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -37,21 +45,46 @@ from typing import Any, NoReturn
 
 import redis
 
+BENCH_DIR = Path(__file__).resolve().parent
+CRON_LOCK_SH = BENCH_DIR / "redis-cron-lock.sh"
+README = BENCH_DIR.parent / "README.md"
+
 DEFAULT_RUNS = 30
 QUICK_RUNS = 5
-START_DEADLINE_S = 10.0
+START_DEADLINE_S = 20.0
 STOP_DEADLINE_S = 5.0
 CHECK_TIMEOUT_S = 60.0
+MIB = 1024 * 1024
+
 SKIP_KEY = "bench-skip"
 SKIP_FIRE = "done-fire"
 RUN_KEY = "bench-run"
 SKIP_FIRE_KEY = f"lockrun:{{{SKIP_KEY}}}:fire:{SKIP_FIRE}"
 SKIP_HIST_KEY = f"lockrun:{{{SKIP_KEY}}}:hist"
-IMPORT_REDIS = "python -c 'import redis'"
-IMPORT_REDIS_NO_GC = "import redis, GC held off (as lockrun)"
-GC_OFF_IMPORT = "import gc; gc.disable(); import redis; gc.freeze()"
-SKIP_CASE = "lockrun skip (done fire)"
-RUN_CASE = "lockrun run (fresh fire)"
+ACL_USER = "bench"
+ACL_PASSWORD = "bench-acl-password"
+ACL_FALLBACK = ["~lockrun:*", "+@all"]
+"""Used only when README.md's ``ACL SETUSER lockrun on ...`` line cannot be read."""
+HISTORY_CAP = 1000
+"""lockrun's ``XADD MAXLEN ~`` of the per-job history; the memory section checks it holds."""
+FIRES_PER_DAY = 1440
+
+FLOOR = "python3 -I -S -c pass (floor)"
+SKIP_UNIX = "lockrun skip, unix socket"
+SKIP_UNIX_ACL = "lockrun skip, unix socket, ACL user+password"
+SKIP_TCP = "lockrun skip, TCP"
+SKIP_TCP_ACL = "lockrun skip, TCP, ACL user+password"
+SKIP_CASES = (SKIP_UNIX, SKIP_UNIX_ACL, SKIP_TCP, SKIP_TCP_ACL)
+RUN_CASE = "lockrun run (-- true), unix socket"
+HELP_CASE = "lockrun --help"
+STATUS_CASE = "lockrun status KEY"
+HISTORY_CASE = "lockrun history KEY"
+FLOCK_CASE = "peer: flock -n FILE true"
+CLI_CASE = "peer: redis-cli SET k v NX PX 1000"
+BASH_CASE = "peer: bash+redis-cli cron-lock, skip"
+BASH_RUN_CASE = "peer: bash+redis-cli cron-lock, run true"
+ETCD_TXN_CASE = "peer: etcdctl txn put-if-absent, skip"
+ETCD_LOCK_CASE = "peer: etcdctl lock NAME true"
 
 Argv = list[str]
 Stats = dict[str, dict[str, int]]
@@ -76,6 +109,8 @@ class Case:
 
     name: str
     argv: Callable[[str], Argv]
+    stdin: Path | None = None
+    """A file fed as stdin (etcdctl txn reads its request there); /dev/null otherwise."""
     samples: list[Sample] = field(default_factory=list)
 
 
@@ -107,6 +142,26 @@ class Invocation:
     lua_commands: list[str]
 
 
+@dataclass
+class Goal:
+    """One line of issue 12's goals: a measured ratio (or size) against its limit."""
+
+    goal: str
+    measured: str
+    value: float
+    limit: float
+    unit: str
+    """``x`` for a ratio, ``MiB`` or ``s`` for the absolute goals the issue sets."""
+
+    @property
+    def met(self) -> bool:
+        return self.value <= self.limit
+
+    @property
+    def verdict(self) -> str:
+        return "PASS" if self.met else "MISS"
+
+
 def percentile(values: Sequence[float], pct: float) -> float:
     """Linear interpolation between closest ranks; works for any n >= 1, unlike quantiles()."""
     ordered = sorted(values)
@@ -118,30 +173,43 @@ def percentile(values: Sequence[float], pct: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
-def child_env() -> dict[str, str]:
-    """Our environment minus LOCKRUN_*, so a user's settings cannot change what is measured."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("LOCKRUN_")}
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
 
 
-def spawn_wait4(argv: Argv, env: dict[str, str]) -> tuple[int, float, Any]:
+def child_env(state_dir: Path) -> dict[str, str]:
+    """Our environment minus LOCKRUN_*, so a user's settings cannot change what is measured.
+
+    No configuration file (the host's /etc/lockrun.toml would add its parsing to
+    every figure) and a private state directory (the outage scenarios must not
+    leave state in the host's).
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCKRUN_")}
+    env["LOCKRUN_CONFIG"] = ""
+    env["LOCKRUN_STATE_DIR"] = str(state_dir)
+    return env
+
+
+def spawn_wait4(argv: Argv, env: dict[str, str],
+                stdin: Path | None = None) -> tuple[int, float, Any]:
     """Run *argv* to completion; return exit code, wall seconds and its wait4 rusage.
 
-    wait4 on the pid gives the rusage of exactly this process (and whatever it
-    reaped), where getrusage(RUSAGE_CHILDREN) deltas would mix in anything
-    else we reaped. stdin is /dev/null as under cron; output is discarded.
+    wait4 on the pid gives the rusage of exactly this process and the children it
+    reaped (the bash wrapper's redis-cli counts, as it should), where
+    getrusage(RUSAGE_CHILDREN) deltas would mix in anything else we reaped. stdin
+    is /dev/null as under cron; output is discarded.
     """
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    try:
-        _, status, usage = os.wait4(proc.pid, 0)
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    wall = time.perf_counter() - start
+    with (open(stdin, "rb") if stdin else open(os.devnull, "rb")) as fin:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, stdin=fin, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=env)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
     return proc.returncode, wall, usage
 
@@ -161,29 +229,29 @@ class RssProbe:
         self.out = out
 
     @classmethod
-    def find(cls, tmp: Path) -> RssProbe | None:
+    def find(cls, tmp: Path, env: dict[str, str]) -> RssProbe | None:
         """GNU time if it is on PATH and understands -f/-o; None otherwise."""
         binary = shutil.which("time")
         if binary is None:
             return None
         probe = cls(binary, tmp / "time.out")
-        return probe if probe.measure(["true"], child_env()) is not None else None
+        return probe if probe.measure(["true"], env) is not None else None
 
-    def measure(self, argv: Argv, env: dict[str, str]) -> int | None:
+    def measure(self, argv: Argv, env: dict[str, str], stdin: Path | None = None) -> int | None:
         try:
             self.out.unlink(missing_ok=True)
-            spawn_wait4([self.binary, "-f", "%M", "-o", str(self.out), "--", *argv], env)
+            spawn_wait4([self.binary, "-f", "%M", "-o", str(self.out), "--", *argv], env, stdin)
             last = self.out.read_text().strip().splitlines()[-1]
             return int(last)
         except (OSError, ValueError, IndexError):
             return None
 
 
-def measure(argv: Argv, rss_argv: Argv, env: dict[str, str], probe: RssProbe | None) -> Sample:
+def measure(case: Case, tag: str, env: dict[str, str], probe: RssProbe | None) -> Sample:
     """Wall and CPU from a direct run; peak RSS from a second run under GNU time if we can."""
-    code, wall, usage = spawn_wait4(argv, env)
+    code, wall, usage = spawn_wait4(case.argv(tag), env, case.stdin)
     raw_rss = int(usage.ru_maxrss)  # KiB on Linux
-    rss = probe.measure(rss_argv, env) if probe is not None else None
+    rss = probe.measure(case.argv(f"{tag}-rss"), env, case.stdin) if probe else None
     return Sample(
         exit_code=code,
         wall_ms=wall * 1000,
@@ -193,22 +261,47 @@ def measure(argv: Argv, rss_argv: Argv, env: dict[str, str], probe: RssProbe | N
     )
 
 
-def run_checked(argv: Argv, env: dict[str, str]) -> tuple[int, str]:
-    """Run once outside the measurement, keeping stderr's last line for a warning."""
-    done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          env=env, timeout=CHECK_TIMEOUT_S, check=False)
-    return done.returncode, (done.stderr.strip().splitlines() or [""])[-1]
+def run_checked(argv: Argv, env: dict[str, str], stdin: Path | None = None,
+                ) -> tuple[int, str, str]:
+    """Run once outside the measurement: exit code, stdout, and stderr's last line."""
+    with (open(stdin, "rb") if stdin else open(os.devnull, "rb")) as fin:
+        done = subprocess.run(argv, stdin=fin, capture_output=True, env=env,
+                              timeout=CHECK_TIMEOUT_S, check=False)
+    err = done.stderr.decode(errors="replace").strip().splitlines() or [""]
+    return done.returncode, done.stdout.decode(errors="replace"), err[-1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def poll_until(predicate: Callable[[], bool], deadline_s: float, what: str,
+               alive: Callable[[], None] | None = None) -> None:
+    """Poll with a deadline: the bench synchronises on conditions, never on a fixed sleep."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        if alive is not None:
+            alive()
+        if predicate():
+            return
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"{what}: not after {deadline_s:g}s")
+        time.sleep(0.01)
 
 
 class RedisServer:
-    """A throwaway redis-server on a unix socket: nothing persisted, nothing on TCP."""
+    """A throwaway redis-server on a unix socket and on 127.0.0.1, nothing persisted."""
 
     def __init__(self, binary: str, workdir: Path) -> None:
         self.socket = workdir / "redis.sock"
         self.log = workdir / "redis.log"
+        self.port = free_port()
         self._markers = 0
         self.proc = subprocess.Popen(
-            [binary, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--unixsocket", str(self.socket), "--unixsocketperm", "700",
              "--save", "", "--appendonly", "no", "--dir", str(workdir),
              "--logfile", str(self.log), "--daemonize", "no"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -219,24 +312,23 @@ class RedisServer:
         return redis.Redis(unix_socket_path=str(self.socket), decode_responses=True,
                            socket_timeout=CHECK_TIMEOUT_S)
 
-    @property
-    def url(self) -> str:
-        return f"unix://{self.socket}"
+    def url(self, tcp: bool = False, acl: bool = False) -> str:
+        auth = f"{ACL_USER}:{ACL_PASSWORD}@" if acl else ""
+        if tcp:
+            return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return f"unix://{auth}{self.socket}"
+
+    def _ping(self) -> bool:
+        if not self.socket.exists():
+            return False
+        try:
+            return bool(self.client.ping())
+        except redis.exceptions.RedisError:
+            return False
 
     def wait_ready(self, deadline_s: float) -> None:
-        """Poll PING until it answers or the deadline passes; fail early if the server died."""
-        deadline = time.monotonic() + deadline_s
-        while True:
-            self.check_alive()
-            if self.socket.exists():
-                try:
-                    if self.client.ping():
-                        return
-                except redis.exceptions.RedisError:
-                    pass
-            if time.monotonic() >= deadline:
-                raise RuntimeError(f"redis-server not ready after {deadline_s:g}s: {self._tail()}")
-            time.sleep(0.01)
+        poll_until(self._ping, deadline_s, f"redis-server ready ({self._tail()})",
+                   self.check_alive)
 
     def check_alive(self) -> None:
         """Figures taken against a dead server would be error paths, not lockrun's."""
@@ -265,12 +357,41 @@ class RedisServer:
     def version(self) -> str:
         return str(self.client.info("server").get("redis_version", "?"))
 
+    def add_acl_user(self) -> str:
+        """The README's lockrun ACL user (its rules, our password): the ACL rows measure AUTH."""
+        rules, source = ACL_FALLBACK, "fallback rules (README line not found)"
+        try:
+            line = next(x for x in README.read_text().splitlines()
+                        if x.startswith("ACL SETUSER lockrun on "))
+            rules = [r for r in line.split()[4:] if not r.startswith(">")]
+            source = "README.md's rules"
+        except (OSError, StopIteration):
+            pass
+        self.client.execute_command(  # type: ignore[no-untyped-call]
+            "ACL", "SETUSER", ACL_USER, "reset", "on", f">{ACL_PASSWORD}", *rules)
+        return f"user {ACL_USER!r} with a password, {source}: {' '.join(rules)}"
+
     def hget(self, key: str, name: str) -> str | None:
         value = self.client.hget(key, name)
         return None if value is None else str(value)
 
     def xlen(self, key: str) -> int:
         return int(self.client.xlen(key))
+
+    def info_int(self, section: str, name: str) -> int:
+        return int(self.client.info(section).get(name, 0))
+
+    def cpu_s(self) -> float:
+        """Redis's own CPU (main thread and any I/O threads), user + system."""
+        cpu = self.client.info("cpu")
+        return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+
+    def memory_usage(self, key: str) -> int:
+        """MEMORY USAGE with every element counted (SAMPLES 0), not an estimate from 5."""
+        return int(self.client.memory_usage(key, samples=0) or 0)
+
+    def scan(self, pattern: str) -> list[str]:
+        return sorted(str(k) for k in self.client.scan_iter(match=pattern, count=1000))
 
     def _stats(self) -> Stats:
         """INFO commandstats as ints, plus accepted connections as a pseudo-command."""
@@ -305,7 +426,7 @@ class RedisServer:
                 baseline = self._stats()
                 self.client.config_resetstat()
                 start = self._marker("start")
-                code, err = run_checked(argv, env)
+                code, _, err = run_checked(argv, env)
                 end = self._marker("end")
                 after = self._stats()
                 client: list[str] = []
@@ -323,7 +444,7 @@ class RedisServer:
                     elif inside:
                         words = command.split()
                         name = words[0].upper() if words else "?"
-                        if name == "HELLO" and len(words) > 1:
+                        if name in ("HELLO", "AUTH") and len(words) > 1:
                             name += f" {words[1]}"
                         (lua if line["client_type"] == "lua" else client).append(name)
         finally:
@@ -337,8 +458,50 @@ class RedisServer:
         return Invocation(code, err, stats, client, lua)
 
 
+class Etcd:
+    """A private single-member etcd on 127.0.0.1, for the etcdctl peers."""
+
+    def __init__(self, binary: str, etcdctl: str, workdir: Path) -> None:
+        self.etcdctl = etcdctl
+        self.dir = workdir / "etcd"
+        self.dir.mkdir()
+        client, peer = free_port(), free_port()
+        self.endpoint = f"http://127.0.0.1:{client}"
+        peer_url = f"http://127.0.0.1:{peer}"
+        self.log = self.dir / "etcd.log"
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [binary, "--name", "bench", "--data-dir", str(self.dir / "data"),
+                 "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
+                 "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+                 "--initial-cluster", f"bench={peer_url}"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+    def ctl(self, *args: str) -> Argv:
+        return [self.etcdctl, "--endpoints", self.endpoint, *args]
+
+    def _healthy(self, env: dict[str, str]) -> bool:
+        code, _, _ = run_checked(self.ctl("endpoint", "health"), env)
+        return code == 0
+
+    def wait_ready(self, env: dict[str, str]) -> None:
+        def alive() -> None:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"etcd exited ({self.proc.returncode}); see {self.log}")
+        poll_until(lambda: self._healthy(env), START_DEADLINE_S, "etcd healthy", alive)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(STOP_DEADLINE_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 def format_invocation(inv: Invocation) -> list[str]:
-    """Round trips first (what costs latency), then the raw commandstats the brief asks for."""
+    """Round trips first (what costs latency), then the raw commandstats."""
     conns = inv.stats.get("connections", {}).get("calls", 0)
     client = ", ".join(inv.client_commands) or "none"
     lua = ", ".join(inv.lua_commands) or "none"
@@ -359,8 +522,17 @@ def format_invocation(inv: Invocation) -> list[str]:
     return lines
 
 
+def _first_line(argv: Argv) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S,
+                              check=False)
+    except OSError:
+        return "not installed"
+    return (done.stdout.strip().splitlines() or ["?"])[0]
+
+
 def machine_info(redis_server: str, redis_version: str) -> dict[str, Any]:
-    """What a reader needs to compare figures across machines."""
+    """What a reader needs to compare figures across machines, and how loaded this one was."""
     model = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -380,6 +552,7 @@ def machine_info(redis_server: str, redis_version: str) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             return "not installed"
 
+    etcd = shutil.which("etcd")
     return {
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "nproc": nproc,
@@ -388,10 +561,12 @@ def machine_info(redis_server: str, redis_version: str) -> dict[str, Any]:
         "loadavg": [round(x, 2) for x in os.getloadavg()],
         "python": f"{platform.python_version()} ({sys.executable})",
         "redis_server": f"{redis_version} ({redis_server})",
+        "lockrun": version_of("lockrun"),
         "redis_py": version_of("redis"),
         "click": version_of("click"),
         "psutil": version_of("psutil"),
-        "lockrun": version_of("lockrun"),
+        "bash": _first_line(["bash", "--version"]),
+        "etcd": _first_line([etcd, "--version"]) if etcd else "not installed",
     }
 
 
@@ -412,54 +587,110 @@ def lockrun_command() -> tuple[Argv, str]:
     return [sys.executable, "-m", "lockrun"], f"{sys.executable} -m lockrun (no {script})"
 
 
-def fire_argv(lockrun: Argv, url: str, key: str, fire: str) -> Argv:
+def fire_argv(lockrun: Argv, url: str, key: str, fire: str, *job: str) -> Argv:
     """A lockrun line as a crontab would hold it, with true (found via PATH) as the job."""
-    return [*lockrun, "-k", key, "--fire", fire, "--redis-url", url, "--", "true"]
+    return [*lockrun, "-k", key, "--fire", fire, "--redis-url", url, "--", *(job or ("true",))]
 
 
 def run_fire_key(fire: str) -> str:
     return f"lockrun:{{{RUN_KEY}}}:fire:{fire}"
 
 
-def build_cases(lockrun: Argv, url: str, tmp: Path) -> tuple[list[Case], list[str]]:
-    """Every case of the table, plus a note for each reference left out."""
+@dataclass
+class Peers:
+    """Where the peers live: the bash wrapper's redis-cli options and the private etcd."""
+
+    cli: str | None
+    sock: str
+    lock_file: str
+    etcd: Etcd | None
+    txn_file: Path
+    notes: list[str]
+
+
+BASH_HELD_KEY = "bench-cronlock-held"
+BASH_FREE_KEY = "bench-cronlock-free"
+ETCD_HELD_KEY = "bench-etcd-held"
+ETCD_LOCK_NAME = "bench-etcd-lock"
+
+
+def bash_env(env: dict[str, str], sock: str) -> dict[str, str]:
+    return {**env, "REDIS_CLI_OPTS": f"-s {sock}"}
+
+
+def build_cases(lockrun: Argv, server: RedisServer, peers: Peers) -> list[Case]:
+    """Every case of the table: the floor, lockrun's paths, its verbs, then the peers."""
     py = sys.executable
-    notes: list[str] = []
+    unix, tcp = server.url(), server.url(tcp=True)
+    unix_acl, tcp_acl = server.url(acl=True), server.url(tcp=True, acl=True)
     cases = [
-        Case("python -c pass", lambda _: [py, "-c", "pass"]),
-        Case(IMPORT_REDIS, lambda _: [py, "-c", "import redis"]),
-        # lockrun.entry holds the cyclic GC off during start-up, which also makes its own
-        # import of redis cheaper: this floor shows lockrun's overhead without that gain
-        Case(IMPORT_REDIS_NO_GC, lambda _: [py, "-c", GC_OFF_IMPORT]),
-        Case(SKIP_CASE, lambda _: fire_argv(lockrun, url, SKIP_KEY, SKIP_FIRE)),
-        Case(RUN_CASE, lambda tag: fire_argv(lockrun, url, RUN_KEY, f"run-{tag}")),
-        Case("lockrun --help", lambda _: [*lockrun, "--help"]),
+        Case(FLOOR, lambda _: [py, "-I", "-S", "-c", "pass"]),
+        Case(SKIP_UNIX, lambda _: fire_argv(lockrun, unix, SKIP_KEY, SKIP_FIRE)),
+        Case(SKIP_UNIX_ACL, lambda _: fire_argv(lockrun, unix_acl, SKIP_KEY, SKIP_FIRE)),
+        Case(SKIP_TCP, lambda _: fire_argv(lockrun, tcp, SKIP_KEY, SKIP_FIRE)),
+        Case(SKIP_TCP_ACL, lambda _: fire_argv(lockrun, tcp_acl, SKIP_KEY, SKIP_FIRE)),
+        Case(RUN_CASE, lambda tag: fire_argv(lockrun, unix, RUN_KEY, f"run-{tag}")),
+        Case(HELP_CASE, lambda _: [*lockrun, "--help"]),
+        Case(STATUS_CASE, lambda _: [*lockrun, "status", SKIP_KEY, "--redis-url", unix]),
+        Case(HISTORY_CASE, lambda _: [*lockrun, "history", SKIP_KEY, "--redis-url", unix]),
     ]
     flock = shutil.which("flock")
     if flock:
-        lock_file = str(tmp / "flock.lock")
-        cases.append(Case("ref: flock -n FILE true", lambda _: [flock, "-n", lock_file, "true"]))
-    else:
-        notes.append("reference flock skipped: flock not on PATH")
-    cli = shutil.which("redis-cli")
+        cases.append(Case(FLOCK_CASE, lambda _: [flock, "-n", peers.lock_file, "true"]))
+    cli = peers.cli
     if cli:
-        sock = url.removeprefix("unix://")
-        cases.append(Case("ref: redis-cli SET NX PX",
-                          lambda _: [cli, "-s", sock, "SET", "k", "v", "NX", "PX", "1000"]))
+        sock = peers.sock
+        cases.append(Case(CLI_CASE, lambda _: [cli, "-s", sock, "SET", "k", "v", "NX", "PX",
+                                               "1000"]))
+        script = str(CRON_LOCK_SH)
+        cases.append(Case(BASH_CASE, lambda _: [script, BASH_HELD_KEY, "60000", "true"]))
+        cases.append(Case(BASH_RUN_CASE, lambda _: [script, BASH_FREE_KEY, "60000", "true"]))
+    etcd = peers.etcd
+    if etcd:
+        cases.append(Case(ETCD_TXN_CASE, lambda _: etcd.ctl("txn"), stdin=peers.txn_file))
+        cases.append(Case(ETCD_LOCK_CASE, lambda _: etcd.ctl("lock", ETCD_LOCK_NAME, "true")))
+    return cases
+
+
+def setup_peers(server: RedisServer, env: dict[str, str], tmp: Path) -> Peers:
+    """Find the peers' binaries, start etcd if installed; a missing one is a printed note."""
+    notes: list[str] = []
+    if not shutil.which("flock"):
+        notes.append("peer flock skipped: flock not on PATH")
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        notes.append("peers redis-cli and the bash cron-lock script skipped: no redis-cli")
+    txn = tmp / "etcd-txn.txt"
+    # compares, blank line, requests on success, blank line, requests on failure
+    txn.write_text(f'create("{ETCD_HELD_KEY}") = "0"\n\nput {ETCD_HELD_KEY} me\n\n\n')
+    etcd: Etcd | None = None
+    etcd_bin, etcdctl = shutil.which("etcd"), shutil.which("etcdctl")
+    if etcd_bin is None or etcdctl is None:
+        missing = " and ".join(n for n, b in (("etcd", etcd_bin), ("etcdctl", etcdctl))
+                               if b is None)
+        notes.append(f"peers etcdctl txn / etcdctl lock skipped: {missing} not on PATH "
+                     "(Debian: apt-get install etcd-server etcd-client)")
     else:
-        notes.append("reference redis-cli skipped: redis-cli not on PATH")
-    return cases, notes
+        etcd = Etcd(etcd_bin, etcdctl, tmp)
+        try:
+            etcd.wait_ready(env)
+        except RuntimeError as exc:
+            etcd.stop()
+            etcd = None
+            notes.append(f"peers etcdctl skipped: {exc}")
+    return Peers(cli, str(server.socket), str(tmp / "flock.lock"), etcd, txn, notes)
 
 
-def prepare_and_check(server: RedisServer, lockrun: Argv, env: dict[str, str],
+def prepare_and_check(server: RedisServer, lockrun: Argv, env: dict[str, str], peers: Peers,
                       warnings: list[str]) -> dict[str, Invocation]:
-    """Complete the skip case's fire once, then prove both lockrun cases do what they claim.
+    """Complete the skip case's fire once, then prove every case does what its row claims.
 
-    The same invocations give the commands-per-fire figures: the first one meets
-    an empty script cache, the later ones the warm cache a real fleet would see.
+    The lockrun invocations also give the commands-per-fire figures: the first one
+    meets an empty script cache, the later ones the warm cache a real fleet sees.
     """
     found: dict[str, Invocation] = {}
-    skip = fire_argv(lockrun, server.url, SKIP_KEY, SKIP_FIRE)
+    unix = server.url()
+    skip = fire_argv(lockrun, unix, SKIP_KEY, SKIP_FIRE)
 
     inv = found["first fire on this server, cold script cache (completes the skip fire)"] = (
         server.invocation(skip, env))
@@ -469,39 +700,88 @@ def prepare_and_check(server: RedisServer, lockrun: Argv, env: dict[str, str],
                         f"(expected 0, 'done') {inv.stderr_tail}")
 
     hist_before = server.xlen(SKIP_HIST_KEY)
-    inv = found["skip path (fire already done)"] = server.invocation(skip, env)
-    state = server.hget(SKIP_FIRE_KEY, "state")
-    if inv.exit_code != 0 or state != "done":
-        warnings.append(f"skip case: exit {inv.exit_code}, state={state!r} "
-                        f"(expected 0, 'done') {inv.stderr_tail}")
+    for label, url in (("skip path, unix socket (fire already done)", unix),
+                       ("skip path, unix socket, ACL user", server.url(acl=True)),
+                       ("skip path, TCP, ACL user", server.url(tcp=True, acl=True))):
+        inv = found[label] = server.invocation(fire_argv(lockrun, url, SKIP_KEY, SKIP_FIRE), env)
+        if inv.exit_code != 0:
+            warnings.append(f"{label}: exit {inv.exit_code} {inv.stderr_tail}")
     if server.xlen(SKIP_HIST_KEY) != hist_before:
-        warnings.append("skip case appended history: it ran the job instead of skipping")
+        warnings.append("a skip case appended history: it ran the job instead of skipping")
 
     fire = "run-check"
     inv = found["run path (fresh fire: acquire, run true, release)"] = server.invocation(
-        fire_argv(lockrun, server.url, RUN_KEY, fire), env)
+        fire_argv(lockrun, unix, RUN_KEY, fire), env)
     state = server.hget(run_fire_key(fire), "state")
     recorded = server.hget(run_fire_key(fire), "exit")
     if inv.exit_code != 0 or state != "done" or recorded != "0":
         warnings.append(f"run case: exit {inv.exit_code}, state={state!r}, recorded "
                         f"exit={recorded!r} (expected 0, 'done', '0') {inv.stderr_tail}")
+
+    for verb in ("status", "history"):
+        code, out, err = run_checked([*lockrun, verb, SKIP_KEY, "--redis-url", unix], env)
+        if code != 0 or SKIP_FIRE not in out:
+            warnings.append(f"lockrun {verb}: exit {code}, fire {SKIP_FIRE!r} "
+                            f"{'' if SKIP_FIRE in out else 'not '}shown {err}")
+    check_peers(server, peers, env, warnings)
     return found
 
 
+def check_peers(server: RedisServer, peers: Peers, env: dict[str, str],
+                warnings: list[str]) -> None:
+    """Each peer row measures what it says: the skip rows skip, the run rows run."""
+    if peers.cli:
+        server.client.set(BASH_HELD_KEY, "another-server")  # held for the whole bench
+        benv = bash_env(env, peers.sock)
+        marker = Path(peers.lock_file).with_name("bash-ran")
+        script = str(CRON_LOCK_SH)
+        code, _, err = run_checked([script, BASH_HELD_KEY, "60000", "touch", str(marker)], benv)
+        if code != 0 or marker.exists():
+            warnings.append(f"bash cron-lock skip: exit {code}, job ran={marker.exists()} {err}")
+        code, _, err = run_checked([script, BASH_FREE_KEY, "60000", "sh", "-c", "exit 7"], benv)
+        if code != 7 or server.client.exists(BASH_FREE_KEY):
+            warnings.append(f"bash cron-lock run: exit {code} (expected 7, the job's), key "
+                            f"left={bool(server.client.exists(BASH_FREE_KEY))} {err}")
+    etcd = peers.etcd
+    if etcd:
+        code, _, err = run_checked(etcd.ctl("put", ETCD_HELD_KEY, "another-server"), env)
+        if code != 0:
+            warnings.append(f"etcdctl put of the held key: exit {code} {err}")
+        code, out, err = run_checked(etcd.ctl("txn"), env, peers.txn_file)
+        if code != 0 or "FAILURE" not in out:
+            warnings.append(f"etcdctl txn skip: exit {code}, output {out.strip()!r} "
+                            f"(expected FAILURE: the key exists) {err}")
+        # etcdctl lock runs the job but does not pass its status through: 1 and a message
+        code, _, err = run_checked(
+            etcd.ctl("lock", ETCD_LOCK_NAME, "--", "sh", "-c", "exit 7"), env)
+        if code == 0 or "exit status 7" not in err:
+            warnings.append(f"etcdctl lock: exit {code}, expected it to report the job's "
+                            f"'exit status 7' {err}")
+
+
 def measure_all(server: RedisServer, cases: list[Case], runs: int, env: dict[str, str],
-                probe: RssProbe | None) -> None:
-    """One warm-up round, then *runs* rounds round-robin so noise hits every case alike."""
-    for case in cases:
-        measure(case.argv("warmup"), case.argv("warmup-rss"), env, probe)
+                probe: RssProbe | None, warm_up: bool) -> None:
+    """A warm-up round, then *runs* rounds round-robin so noise hits every case alike."""
+    if warm_up:
+        for case in cases:
+            measure(case, "warmup", env, probe)
     progress = sys.stderr.isatty()
     for n in range(1, runs + 1):
         for case in cases:
-            case.samples.append(measure(case.argv(str(n)), case.argv(f"{n}-rss"), env, probe))
+            case.samples.append(measure(case, str(n), case_env(case, env), probe))
         server.check_alive()
         if progress:
             print(f"\r  round {n}/{runs}", end="", file=sys.stderr, flush=True)
     if progress:
         print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+
+_BASH_ENV: dict[str, str] = {}
+
+
+def case_env(case: Case, env: dict[str, str]) -> dict[str, str]:
+    """The bash wrapper's rows get its redis-cli options; every other row the common env."""
+    return _BASH_ENV if case.name.startswith("peer: bash") and _BASH_ENV else env
 
 
 def post_check(server: RedisServer, runs: int, probe: RssProbe | None, hist_len: int,
@@ -518,6 +798,104 @@ def post_check(server: RedisServer, runs: int, probe: RssProbe | None, hist_len:
         warnings.append("skip fire's history grew while measuring: some skip runs did not skip")
 
 
+# --- supervising a long job ----------------------------------------------------------------
+
+SUPERVISE_WATCH_S = 1.0
+INFO_POLL_S = 0.1
+
+
+@dataclass
+class Supervised:
+    """What a supervisor process holds while its job runs (smaps_rollup, max over a window)."""
+
+    name: str
+    rss_kib: int
+    pss_kib: int
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _rollup(pid: int) -> tuple[int, int]:
+    text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    rss = re.search(r"^Rss:\s+(\d+) kB", text, re.M)
+    pss = re.search(r"^Pss:\s+(\d+) kB", text, re.M)
+    return (int(rss.group(1)) if rss else 0, int(pss.group(1)) if pss else 0)
+
+
+def supervised(name: str, argv: Argv, env: dict[str, str], watch_s: float) -> Supervised:
+    """Start *argv* (whose job is ``sleep 30``), read its memory once the job runs, stop it.
+
+    The figure is the supervisor's own, not the job's: lockrun, the bash wrapper
+    and etcdctl each stay alive as the sleep's parent. It is read every 100 ms
+    for *watch_s* after the job appeared and the highest reading kept,
+    so start-up work still finishing (a renewal thread, late imports) counts.
+    """
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    job: list[int] = []
+    try:
+        def started() -> bool:
+            job[:] = _children(proc.pid)
+            return bool(job)
+
+        def alive() -> None:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name}: exited {proc.returncode} before its job started")
+
+        poll_until(started, CHECK_TIMEOUT_S, f"{name}: its job started", alive)
+        rss = pss = 0
+        until = time.monotonic() + watch_s
+        while True:
+            r, p = _rollup(proc.pid)
+            rss, pss = max(rss, r), max(pss, p)
+            if time.monotonic() >= until:
+                break
+            time.sleep(0.1)  # a sampling interval, not a synchronisation
+        return Supervised(name, rss, pss)
+    finally:
+        proc.terminate()
+        for pid in job:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            proc.wait(STOP_DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def supervision(lockrun: Argv, server: RedisServer, peers: Peers, env: dict[str, str],
+                watch_s: float) -> list[Supervised]:
+    """lockrun first (the goal's figure), then the peers that also stay the job's parent."""
+    found = [supervised("lockrun -k K -- sleep 30",
+                        fire_argv(lockrun, server.url(), "bench-supervise", "s0", "sleep", "30"),
+                        env, watch_s)]
+    if peers.cli:
+        found.append(supervised("bash+redis-cli cron-lock -- sleep 30",
+                                [str(CRON_LOCK_SH), "bench-supervise-sh", "60000", "sleep", "30"],
+                                bash_env(env, peers.sock), watch_s))
+    if peers.etcd:
+        found.append(supervised("etcdctl lock NAME sleep 30",
+                                peers.etcd.ctl("lock", "bench-supervise", "sleep", "30"), env,
+                                watch_s))
+    return found
+
+
+# --- fleet scenarios -----------------------------------------------------------------------
+
+
 @dataclass
 class Scenario:
     """A fleet-level figure: many processes or a failure, timed end to end."""
@@ -531,42 +909,10 @@ class Scenario:
 
 CONTENDERS = 200
 CONTENTION_ROUNDS = 3
+CONTENTION_GOAL_S = 4.0
 FAIL_ROUNDS = 5
 TAKEOVER_TTLS = (1.0, 3.0)
 TAKEOVER_POLL_S = 0.05
-
-
-def contention(lockrun: Argv, url: str, env: dict[str, str], tmp: Path) -> Scenario:
-    """200 servers' lockruns on one fire at once: exactly one job runs, and all exit 0."""
-    walls: list[float] = []
-    cpus: list[float] = []
-    bad_runs = 0
-    exits: Counter[int] = Counter()
-    for r in range(CONTENTION_ROUNDS):
-        marker = tmp / f"contention-{r}"
-        argv = [*lockrun, "-k", "bench-contention", "--fire", f"c{r}", "--redis-url", url,
-                "--", "sh", "-c", f'echo ran >> "{marker}"']
-        cpu0 = _children_cpu()
-        start = time.perf_counter()
-        procs = [subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                 for _ in range(CONTENDERS)]
-        codes = [p.wait(CHECK_TIMEOUT_S) for p in procs]
-        walls.append((time.perf_counter() - start) * 1000)
-        cpus.append((_children_cpu() - cpu0) * 1000 / CONTENDERS)
-        runs = len(marker.read_text().splitlines()) if marker.exists() else 0
-        bad_runs += runs != 1
-        exits.update(codes)
-    return Scenario(
-        f"contention: {CONTENDERS} lockruns on one fire",
-        f"{CONTENDERS} processes started back to back, {CONTENTION_ROUNDS} rounds (one fire "
-        "each); job appends a line to a file",
-        {"wall_until_all_exited_ms_median": round(statistics.median(walls), 1),
-         "wall_until_all_exited_ms_max": round(max(walls), 1),
-         "cpu_ms_per_process_median": round(statistics.median(cpus), 1),
-         "rounds_with_not_exactly_one_run": bad_runs,
-         "exit_codes": ", ".join(f"{c}: {n}" for c, n in sorted(exits.items()))},
-        bad_runs == 0 and set(exits) == {0}, "exactly one run per round, every process exit 0")
 
 
 def _children_cpu() -> float:
@@ -576,36 +922,61 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def contention(lockrun: Argv, url: str, env: dict[str, str], tmp: Path,
+               rounds: int) -> Scenario:
+    """200 servers' lockruns on one fire at once: exactly one job runs, and all exit 0."""
+    walls: list[float] = []
+    cpus: list[float] = []
+    bad_runs = 0
+    exits: Counter[int] = Counter()
+    for r in range(rounds):
+        marker = tmp / f"contention-{r}"
+        argv = [*lockrun, "-k", "bench-contention", "--fire", f"c{r}", "--redis-url", url,
+                "--", "sh", "-c", f'echo ran >> "{marker}"']
+        cpu0 = _children_cpu()
+        start = time.perf_counter()
+        procs = [subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for _ in range(CONTENDERS)]
+        codes = [p.wait(CHECK_TIMEOUT_S * 4) for p in procs]
+        walls.append(time.perf_counter() - start)
+        cpus.append((_children_cpu() - cpu0) * 1000 / CONTENDERS)
+        runs = len(marker.read_text().splitlines()) if marker.exists() else 0
+        bad_runs += runs != 1
+        exits.update(codes)
+    return Scenario(
+        f"contention: {CONTENDERS} lockruns on one fire",
+        f"{CONTENDERS} processes started back to back, {rounds} round(s) (one fire "
+        "each); job appends a line to a file",
+        {"wall_until_all_exited_s_median": round(statistics.median(walls), 2),
+         "wall_until_all_exited_s_max": round(max(walls), 2),
+         "cpu_ms_per_process_median": round(statistics.median(cpus), 1),
+         "rounds_with_not_exactly_one_run": bad_runs,
+         "exit_codes": ", ".join(f"{c}: {n}" for c, n in sorted(exits.items()))},
+        bad_runs == 0 and set(exits) == {0}, "exactly one run per round, every process exit 0")
 
 
 def time_to_fail(lockrun: Argv, env: dict[str, str], binary: str, tmp: Path) -> list[Scenario]:
     """Redis refusing connections, and Redis blackholed (SIGSTOPped), with default settings."""
     found = []
-    refused = f"redis://127.0.0.1:{_free_port()}/0"
+    refused = f"redis://127.0.0.1:{free_port()}/0"
     stopped_dir = tmp / "stopped"
     stopped_dir.mkdir()
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(stopped_dir), "--logfile", str(stopped_dir / "redis.log")],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         probe = redis.Redis(port=port, socket_timeout=1)
-        deadline = time.monotonic() + START_DEADLINE_S
-        while True:
+
+        def answers() -> bool:
             try:
-                probe.ping()
-                break
+                return bool(probe.ping())
             except redis.exceptions.RedisError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the redis-server to blackhole did not start") from None
-                time.sleep(0.01)
+                return False
+
+        poll_until(answers, START_DEADLINE_S, "the redis-server to blackhole started")
         probe.close()
         server.send_signal(signal.SIGSTOP)
         for label, url, bound in (("refused", refused, 1.0),
@@ -614,8 +985,13 @@ def time_to_fail(lockrun: Argv, env: dict[str, str], binary: str, tmp: Path) -> 
             for i in range(FAIL_ROUNDS):
                 argv = [*lockrun, "-k", "bench-fail", "--fire", f"f{i}", "--redis-url", url,
                         "--", "true"]
+                # a state directory per run: lockrun reports an outage once and stays quiet
+                # on the next fires of the same outage, and each run here is a first failure
+                state = tmp / f"fail-state-{label}-{i}"
+                state.mkdir()
                 start = time.perf_counter()
-                done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL,
+                done = subprocess.run(argv, env={**env, "LOCKRUN_STATE_DIR": str(state)},
+                                      stdin=subprocess.DEVNULL,
                                       capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
                 walls.append(time.perf_counter() - start)
                 codes.append(done.returncode)
@@ -624,7 +1000,7 @@ def time_to_fail(lockrun: Argv, env: dict[str, str], binary: str, tmp: Path) -> 
                 f"time to fail: Redis {label}",
                 ("nothing listens on the port" if label == "refused" else
                  "redis-server SIGSTOPped: the kernel accepts, nothing answers") +
-                f"; default --redis-timeout; {FAIL_ROUNDS} runs",
+                f"; default --redis-timeout; {FAIL_ROUNDS} runs, each the outage's first",
                 {"wall_s_median": round(statistics.median(walls), 3),
                  "wall_s_max": round(max(walls), 3),
                  "exit_codes": ",".join(sorted({str(c) for c in codes})),
@@ -649,19 +1025,26 @@ def takeover(lockrun: Argv, url: str, env: dict[str, str], tmp: Path) -> list[Sc
     found = []
     for ttl in TAKEOVER_TTLS:
         key = f"bench-takeover-{ttl:g}"
+        # lockrun refuses a ttl under 3 Redis timeouts (a renewal must get a retry)
+        lease = ["--ttl", f"{ttl:g}s", "--redis-timeout", f"{round(ttl * 250)}ms"]
         started, took = tmp / f"{key}.started", tmp / f"{key}.took"
-        holder = subprocess.Popen(
-            [*lockrun, "-k", key, "--fire", "f0", "--ttl", f"{ttl:g}s", "--redis-url", url,
-             "--", "sh", "-c", f'touch "{started}"; exec sleep 60'],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + CHECK_TIMEOUT_S
-        while not started.exists():
-            if time.monotonic() > deadline or holder.poll() is not None:
-                raise RuntimeError("the takeover holder's job did not start")
-            time.sleep(0.01)
+        err = tmp / f"{key}.stderr"
+        with err.open("wb") as err_file:
+            holder = subprocess.Popen(
+                [*lockrun, "-k", key, "--fire", "f0", *lease, "--redis-url", url,
+                 "--", "sh", "-c", f'touch "{started}"; exec sleep 60'],
+                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err_file)
+
+        def holder_alive() -> None:
+            if holder.poll() is not None:  # noqa: B023 - used before the loop moves on
+                raise RuntimeError(
+                    f"the takeover holder exited {holder.returncode} before its job "  # noqa: B023
+                    f"started: {err.read_text(errors='replace').strip()[-300:]}")  # noqa: B023
+
+        poll_until(started.exists, CHECK_TIMEOUT_S, "the takeover holder's job started",
+                   holder_alive)
         held = subprocess.run(
-            [*lockrun, "-k", key, "--fire", "f1", "--ttl", f"{ttl:g}s", "--redis-url", url,
+            [*lockrun, "-k", key, "--fire", "f1", *lease, "--redis-url", url,
              "--", "touch", str(took)], env=env, capture_output=True, timeout=CHECK_TIMEOUT_S)
         guarded = held.returncode == 0 and not took.exists()
         holder.kill()
@@ -670,15 +1053,16 @@ def takeover(lockrun: Argv, url: str, env: dict[str, str], tmp: Path) -> list[Sc
         attempts = 0
         while not took.exists() and time.perf_counter() - killed < ttl + 30:
             attempts += 1
-            subprocess.run([*lockrun, "-k", key, "--fire", f"f{attempts + 1}", "--ttl",
-                            f"{ttl:g}s", "--redis-url", url, "--", "touch", str(took)],
+            subprocess.run([*lockrun, "-k", key, "--fire", f"f{attempts + 1}", *lease,
+                            "--redis-url", url, "--", "touch", str(took)],
                            env=env, capture_output=True, timeout=CHECK_TIMEOUT_S)
             if not took.exists():
-                time.sleep(TAKEOVER_POLL_S)
+                time.sleep(TAKEOVER_POLL_S)  # the contender's polling period, as cron's would be
         elapsed = time.perf_counter() - killed
         found.append(Scenario(
             f"takeover after SIGKILL, --ttl {ttl:g}s",
-            "holder runs `sleep 60` under the overlap guard; SIGKILL to lockrun; a contender "
+            "holder runs `sleep 60` under the overlap guard (--redis-timeout ttl/4); SIGKILL to "
+            "lockrun; a contender "
             f"starts a new fire every {TAKEOVER_POLL_S * 1000:g} ms until one runs",
             {"takeover_s": round(elapsed, 3), "contender_attempts": attempts,
              "guard_held_while_alive": str(guarded)},
@@ -695,13 +1079,244 @@ def print_scenarios(scenarios: list[Scenario]) -> None:
         print(f"    check ({sc.check}): {'ok' if sc.ok else 'FAILED'}")
 
 
+# --- Redis memory ---------------------------------------------------------------------------
+
+MEMORY_KEY = "bench-mem"
+STEADY_KEY = "bench-mem-steady"
+
+
+@dataclass
+class MemoryReport:
+    """What one every-minute job keeps in Redis, measured on real fires and extrapolated."""
+
+    fires: int
+    record_bytes_mean: float
+    """MEMORY USAGE (SAMPLES 0) of one done record, mean over the measured fires."""
+    record_ttl_s: float
+    used_memory_per_fire: float
+    """INFO used_memory delta over the measured fires, divided by their number."""
+    hist_entries_per_fire: float
+    other_keys_bytes: int
+    """The job's keys other than fire records and history (the fence counter...)."""
+    steady_hist_len: int
+    """XLEN once lockrun itself trimmed a history pre-filled with a full day of entries."""
+    steady_hist_bytes: int
+    per_day_bytes: float
+    """1440 done records + the capped history + the other keys: one every-minute job."""
+
+    def hist_bytes(self, entries: float) -> float:
+        """History bytes for *entries* a day, at most what the cap keeps."""
+        per_entry = ratio(self.steady_hist_bytes, self.steady_hist_len)
+        return per_entry * min(entries, self.steady_hist_len)
+
+    def job_bytes_per_day(self, every_min: int) -> float:
+        fires = FIRES_PER_DAY / every_min
+        return (fires * self.record_bytes_mean + self.hist_bytes(fires * self.hist_entries_per_fire)
+                + self.other_keys_bytes)
+
+
+def fire_id(n: int) -> str:
+    """Consecutive UTC minutes, as lockrun's default fire ids of an every-minute job."""
+    t = time.gmtime(1_767_225_600 + 60 * n)  # 2026-01-01T00:00Z onwards
+    return time.strftime("%Y-%m-%dT%H:%M:00Z", t)
+
+
+def redis_memory(server: RedisServer, lockrun: Argv, env: dict[str, str],
+                 fires: int, warnings: list[str]) -> MemoryReport:
+    """Run *fires* real fires of one job, measure its keys, then a day's capped history.
+
+    The history's steady state needs a day of entries (2 per fire); running 1440
+    lockruns would take minutes, so that stream is pre-filled with copies of the
+    entries real fires wrote, 30 s apart in id as an every-minute job's are, and
+    one real lockrun fire then trims it with lockrun's own ``XADD MAXLEN ~``.
+    """
+    url = server.url()
+    prefix = f"lockrun:{{{MEMORY_KEY}}}:"
+    run_checked(fire_argv(lockrun, url, "bench-mem-warm", fire_id(0)), env)  # scripts cached
+    before = server.info_int("memory", "used_memory")
+    for n in range(fires):
+        code, _, err = run_checked(fire_argv(lockrun, url, MEMORY_KEY, fire_id(n)), env)
+        if code != 0:
+            warnings.append(f"memory fire {n}: exit {code} {err}")
+    after = server.info_int("memory", "used_memory")
+    keys = server.scan(prefix + "*")
+    records = [k for k in keys if k.startswith(prefix + "fire:")]
+    hist = prefix + "hist"
+    others = [k for k in keys if k not in records and k != hist]
+    if len(records) != fires:
+        warnings.append(f"memory: {len(records)} done records for {fires} fires")
+    record_bytes = [server.memory_usage(k) for k in records]
+    ttl_ms = int(server.client.pttl(records[0])) if records else -1
+    hist_len = server.xlen(hist)
+
+    steady = f"lockrun:{{{STEADY_KEY}}}:hist"
+    Fields = dict[bytes | bytearray | memoryview | str | int | float,
+                  bytes | bytearray | memoryview | str | int | float]
+    entries: list[Fields] = [
+        {str(k): str(v) for k, v in (fields or {}).items()}
+        for _, fields in server.client.xrange(hist) or []]
+    per_fire = ratio(hist_len, fires)
+    day_entries = round(FIRES_PER_DAY * per_fire)
+    start_ms = int(time.time() * 1000) - 2 * 86_400_000
+    pipe = server.client.pipeline(transaction=False)
+    for i in range(day_entries):
+        pipe.xadd(steady, entries[i % len(entries)], id=f"{start_ms + i * 30_000}-0")
+    pipe.execute()
+    code, _, err = run_checked(fire_argv(lockrun, url, STEADY_KEY, fire_id(0)), env)
+    if code != 0:
+        warnings.append(f"memory: the trimming fire exited {code} {err}")
+    steady_len = server.xlen(steady)
+    if not HISTORY_CAP <= steady_len <= HISTORY_CAP * 1.2:
+        warnings.append(f"memory: history holds {steady_len} entries after lockrun's XADD on a "
+                        f"day of them; expected about {HISTORY_CAP} (MAXLEN ~)")
+    report = MemoryReport(
+        fires=fires,
+        record_bytes_mean=statistics.mean(record_bytes) if record_bytes else float("nan"),
+        record_ttl_s=ttl_ms / 1000,
+        used_memory_per_fire=(after - before) / fires,
+        hist_entries_per_fire=per_fire,
+        other_keys_bytes=sum(server.memory_usage(k) for k in others),
+        steady_hist_len=steady_len,
+        steady_hist_bytes=server.memory_usage(steady),
+        per_day_bytes=0.0,
+    )
+    report.per_day_bytes = report.job_bytes_per_day(1)
+    return report
+
+
+# --- capacity: a bounded load test ---------------------------------------------------------
+
+LOAD_WORKERS = 4
+
+
+@dataclass
+class LoadPhase:
+    """Redis's cost of one kind of lockrun invocation, from a bounded load of them."""
+
+    name: str
+    invocations: int
+    wall_s: float
+    redis_cpu_us_per_invocation: float
+    """INFO cpu delta, minus Redis's idle rate over the same wall time, per invocation."""
+    commands_per_invocation: float
+    """INFO commandstats calls (inside Lua scripts included), per invocation."""
+    command_us_per_invocation: float
+    """INFO commandstats usec: time inside the commands only (no accept, no I/O), a floor
+    under ``redis_cpu_us_per_invocation`` that the idle-rate subtraction cannot blur."""
+    connections_per_invocation: float
+    peak_instantaneous_ops_per_sec: int
+    failures: int
+    first_failure: str
+
+
+def _commands(server: RedisServer) -> tuple[int, int]:
+    """Commands executed and the microseconds Redis spent inside them (INFO commandstats)."""
+    stats = [dict(v) for v in server.client.info("commandstats").values()]
+    return (sum(int(v.get("calls", 0)) for v in stats),
+            sum(int(v.get("usec", 0)) for v in stats))
+
+
+def idle_cpu_rate(server: RedisServer, window_s: float) -> float:
+    """Redis's CPU per second with no lockrun, to subtract from the load figures.
+
+    Its own cron, plus the INFO polling the load phases do (each INFO costs Redis
+    tens of microseconds: at 10 a second that is not negligible next to a skip).
+    """
+    cpu0, t0 = server.cpu_s(), time.monotonic()
+    while time.monotonic() - t0 < window_s:
+        server.info_int("stats", "instantaneous_ops_per_sec")
+        time.sleep(INFO_POLL_S)  # the load phases' polling period: a measurement window
+    return (server.cpu_s() - cpu0) / (time.monotonic() - t0)
+
+
+def load_phase(server: RedisServer, name: str, argvs: list[Argv], env: dict[str, str],
+               idle_rate: float) -> LoadPhase:
+    """Run *argvs* by LOAD_WORKERS concurrent loops, reading Redis's counters around them."""
+    server.client.config_resetstat()
+    cmd0, usec0 = _commands(server)
+    conn0 = server.info_int("stats", "total_connections_received")
+    cpu0, t0 = server.cpu_s(), time.monotonic()
+    peak = 0
+    with ThreadPoolExecutor(LOAD_WORKERS) as pool:
+        futures = [pool.submit(run_checked, argv, env) for argv in argvs]
+        while not all(f.done() for f in futures):
+            peak = max(peak, server.info_int("stats", "instantaneous_ops_per_sec"))
+            time.sleep(INFO_POLL_S)  # sampling INFO while the load runs
+        failed = [f.result() for f in futures if f.result()[0] != 0]
+        failures = len(failed)
+        first_failure = f"exit {failed[0][0]}: {failed[0][2]}" if failed else ""
+    wall = time.monotonic() - t0
+    cpu = server.cpu_s() - cpu0 - idle_rate * wall
+    # our own INFO and CONFIG calls: one per 0.1 s poll plus the reads around the load
+    own = 2 + int(wall / INFO_POLL_S) + 1
+    n = len(argvs)
+    cmd1, usec1 = _commands(server)
+    return LoadPhase(
+        name=name,
+        invocations=n,
+        wall_s=wall,
+        redis_cpu_us_per_invocation=max(cpu, 0.0) * 1e6 / n,
+        commands_per_invocation=(cmd1 - cmd0 - own) / n,
+        command_us_per_invocation=(usec1 - usec0) / n,
+        connections_per_invocation=(server.info_int("stats", "total_connections_received")
+                                    - conn0) / n,
+        peak_instantaneous_ops_per_sec=peak,
+        failures=failures,
+        first_failure=first_failure,
+    )
+
+
+def capacity(server: RedisServer, lockrun: Argv, env: dict[str, str], invocations: int,
+             idle_window_s: float) -> tuple[float, list[LoadPhase]]:
+    url = server.url()
+    idle = idle_cpu_rate(server, idle_window_s)
+    skip = [fire_argv(lockrun, url, SKIP_KEY, SKIP_FIRE) for _ in range(invocations)]
+    run = [fire_argv(lockrun, url, "bench-load", f"load-{i}") for i in range(invocations)]
+    return idle, [load_phase(server, "skip (fire done)", skip, env, idle),
+                  load_phase(server, "run (-- true: acquire, release)", run, env, idle)]
+
+
+CAPACITY_ROWS = ((10, 10, 1), (100, 10, 1), (100, 100, 1), (1000, 10, 1), (1000, 100, 1),
+                 (1000, 100, 5))
+
+
+def capacity_table(memory: MemoryReport, skip: LoadPhase, run: LoadPhase,
+                   ) -> list[dict[str, float | int]]:
+    """Per row: S servers each start J jobs every E minutes, all at the same second.
+
+    Each fire is S lockruns: one run (acquire + release, no renewal for a job
+    shorter than ttl/3) and S-1 skips. Skips write nothing, so memory depends on
+    the jobs and their frequency only.
+    """
+    rows: list[dict[str, float | int]] = []
+    for servers, jobs, every in CAPACITY_ROWS:
+        burst = servers * jobs
+        cpu_burst_s = jobs * ((servers - 1) * skip.redis_cpu_us_per_invocation
+                              + run.redis_cpu_us_per_invocation) / 1e6
+        commands = jobs * ((servers - 1) * skip.commands_per_invocation
+                           + run.commands_per_invocation)
+        rows.append({
+            "servers": servers, "jobs": jobs, "every_min": every,
+            "lockruns_per_fire": burst,
+            "redis_cpu_s_per_fire": cpu_burst_s,
+            "redis_cpu_pct_avg": 100 * cpu_burst_s / (60 * every),
+            "commands_per_fire": commands,
+            "commands_per_s_avg": commands / (60 * every),
+            "memory_mib": jobs * memory.job_bytes_per_day(every) / MIB,
+        })
+    return rows
+
+
+# --- goals and output -----------------------------------------------------------------------
+
+
 def summarize(case: Case) -> Summary:
     walls = [s.wall_ms for s in case.samples]
     cpus = [s.cpu_ms for s in case.samples]
     rss = [float(s.maxrss_kib) for s in case.samples]
     return Summary(
         name=case.name,
-        command=" ".join(case.argv("N")),
+        command=" ".join(case.argv("N")) + (f" < {case.stdin.name}" if case.stdin else ""),
         runs=len(case.samples),
         wall_median_ms=statistics.median(walls),
         wall_p90_ms=percentile(walls, 90),
@@ -715,38 +1330,142 @@ def summarize(case: Case) -> Summary:
     )
 
 
-def print_table(summaries: list[Summary]) -> None:
+def print_table(summaries: list[Summary], floor: Summary) -> None:
     width = max(len(s.name) for s in summaries)
-    print(f"{'case':<{width}}  {'wall ms':>15}  {'CPU ms':>15}  {'peak RSS KiB':>12}")
-    print(f"{'':<{width}}  {'median':>7} {'p90':>7}  {'median':>7} {'p90':>7}  {'median':>12}")
+    print(f"{'case':<{width}}  {'CPU ms':>13}  {'wall ms':>13}  {'RSS':>5}  "
+          f"{'x floor (medians)':>18}")
+    print(f"{'':<{width}}  {'median':>6} {'p90':>6}  {'median':>6} {'p90':>6}  {'MiB':>5}  "
+          f"{'CPU':>6} {'wall':>5} {'RSS':>5}")
     for s in summaries:
-        print(f"{s.name:<{width}}  {s.wall_median_ms:7.1f} {s.wall_p90_ms:7.1f}  "
-              f"{s.cpu_median_ms:7.1f} {s.cpu_p90_ms:7.1f}  {s.maxrss_median_kib:12.0f}")
+        print(f"{s.name:<{width}}  {s.cpu_median_ms:6.1f} {s.cpu_p90_ms:6.1f}  "
+              f"{s.wall_median_ms:6.1f} {s.wall_p90_ms:6.1f}  {s.maxrss_median_kib / 1024:5.1f}  "
+              f"{ratio(s.cpu_median_ms, floor.cpu_median_ms):6.2f} "
+              f"{ratio(s.wall_median_ms, floor.wall_median_ms):5.2f} "
+              f"{ratio(s.maxrss_median_kib, floor.maxrss_median_kib):5.2f}")
 
 
-def ratios(by_name: dict[str, Summary]) -> dict[str, float]:
-    """The lockrun cases relative to ``import redis``: how far above the unavoidable floor."""
-    base, skip, run = by_name[IMPORT_REDIS], by_name[SKIP_CASE], by_name[RUN_CASE]
-    same_gc = by_name[IMPORT_REDIS_NO_GC]
+def goals(by_name: dict[str, Summary], supervision_: list[Supervised],
+          contention_: Scenario | None) -> tuple[list[Goal], list[str]]:
+    """Issue 12's goals as measured here, and the unlimited costs it asks to state."""
+    floor = by_name[FLOOR]
+    found: list[Goal] = []
+    for name in SKIP_CASES:
+        s = by_name[name]
+        short = name.removeprefix("lockrun ")
+        found += [
+            Goal(f"{short}: CPU vs floor", f"{s.cpu_median_ms:.1f} / {floor.cpu_median_ms:.1f} ms",
+                 ratio(s.cpu_median_ms, floor.cpu_median_ms), 2.0, "x"),
+            Goal(f"{short}: wall vs floor",
+                 f"{s.wall_median_ms:.1f} / {floor.wall_median_ms:.1f} ms",
+                 ratio(s.wall_median_ms, floor.wall_median_ms), 2.0, "x"),
+            Goal(f"{short}: peak RSS vs floor",
+                 f"{s.maxrss_median_kib / 1024:.1f} / {floor.maxrss_median_kib / 1024:.1f} MiB",
+                 ratio(s.maxrss_median_kib, floor.maxrss_median_kib), 1.35, "x"),
+        ]
+    run = by_name[RUN_CASE]
+    found.append(Goal("run (-- true): CPU vs floor",
+                      f"{run.cpu_median_ms:.1f} / {floor.cpu_median_ms:.1f} ms",
+                      ratio(run.cpu_median_ms, floor.cpu_median_ms), 2.5, "x"))
+    if supervision_:
+        sup = supervision_[0]
+        found += [Goal("supervising a long job: PSS", f"{sup.pss_kib / 1024:.1f} MiB",
+                       sup.pss_kib / 1024, 6.0, "MiB"),
+                  Goal("supervising a long job: RSS", f"{sup.rss_kib / 1024:.1f} MiB",
+                       sup.rss_kib / 1024, 12.0, "MiB")]
+    if contention_ is not None:
+        wall = float(contention_.results["wall_until_all_exited_s_median"])
+        bad = int(contention_.results["rounds_with_not_exactly_one_run"])
+        nproc = len(os.sched_getaffinity(0))
+        found.append(Goal(
+            f"{CONTENDERS} lockruns on one fire: all exited (median round)",
+            f"in {wall:.2f} s, {nproc} cores, "
+            + ("one run" if bad == 0 else f"{bad} round(s) NOT one run"),
+            wall if bad == 0 else float("inf"), CONTENTION_GOAL_S, "s"))
+    skip = by_name[SKIP_UNIX]
+    for peer in (BASH_CASE, ETCD_TXN_CASE, ETCD_LOCK_CASE):
+        p = by_name.get(peer)
+        if p is None:
+            continue
+        short = peer.removeprefix("peer: ")
+        found += [
+            Goal(f"skip beats {short}: CPU",
+                 f"{skip.cpu_median_ms:.1f} vs {p.cpu_median_ms:.1f} ms",
+                 ratio(skip.cpu_median_ms, p.cpu_median_ms), 1.0, "x"),
+            Goal(f"skip beats {short}: wall",
+                 f"{skip.wall_median_ms:.1f} vs {p.wall_median_ms:.1f} ms",
+                 ratio(skip.wall_median_ms, p.wall_median_ms), 1.0, "x"),
+        ]
+    costs = []
+    for name in (HELP_CASE, STATUS_CASE, HISTORY_CASE):
+        s = by_name[name]
+        costs.append(f"{name}: CPU {ratio(s.cpu_median_ms, floor.cpu_median_ms):.2f}x floor "
+                     f"({ratio(s.cpu_median_ms, skip.cpu_median_ms):.2f}x the skip), wall "
+                     f"{ratio(s.wall_median_ms, floor.wall_median_ms):.2f}x floor, peak RSS "
+                     f"{ratio(s.maxrss_median_kib, floor.maxrss_median_kib):.2f}x floor")
+    return found, costs
 
-    def ratio(a: float, b: float) -> float:
-        return a / b if b else float("nan")
 
-    return {
-        "CPU(skip)/CPU(import redis)": ratio(skip.cpu_median_ms, base.cpu_median_ms),
-        "CPU(run)/CPU(import redis)": ratio(run.cpu_median_ms, base.cpu_median_ms),
-        "RSS(skip)/RSS(import redis)": ratio(skip.maxrss_median_kib, base.maxrss_median_kib),
-        "RSS(run)/RSS(import redis)": ratio(run.maxrss_median_kib, base.maxrss_median_kib),
-        "CPU(skip)/CPU(import redis, GC off)": ratio(skip.cpu_median_ms, same_gc.cpu_median_ms),
-        "CPU(run)/CPU(import redis, GC off)": ratio(run.cpu_median_ms, same_gc.cpu_median_ms),
-        "wall(skip)/wall(import redis)": ratio(skip.wall_median_ms, base.wall_median_ms),
-        "wall(run)/wall(import redis)": ratio(run.wall_median_ms, base.wall_median_ms),
-    }
+def print_goals(found: list[Goal], costs: list[str]) -> None:
+    width = max(len(g.goal) for g in found)
+    mwidth = max(len(g.measured) for g in found)
+    print(f"  {'goal':<{width}}  {'measured':<{mwidth}}  {'value':>7}  {'limit':>9}  verdict")
+    for g in found:
+        unit = g.unit[0]  # x, M(iB), s
+        print(f"  {g.goal:<{width}}  {g.measured:<{mwidth}}  {g.value:6.2f}{unit} "
+              f"<= {g.limit:5.2f}{unit}  {g.verdict}")
+    met = sum(g.met for g in found)
+    print(f"  {met}/{len(found)} goals met (x: ratio of medians; M: MiB; s: seconds; "
+          "a peer ratio below 1.00 means lockrun is cheaper)")
+    print("  no limit, the cost stated (issue 12: 'the verbs may cost more; say how much'):")
+    for line in costs:
+        print(f"    {line}")
+
+
+def print_memory(mem: MemoryReport) -> None:
+    print(f"  {mem.fires} real fires of one job (consecutive minutes, default --retention):")
+    print(f"    done record: {mem.record_bytes_mean:.0f} B (MEMORY USAGE), kept "
+          f"{mem.record_ttl_s / 3600:.1f} h (PTTL)")
+    print(f"    history: {mem.hist_entries_per_fire:.1f} entries per fire; used_memory grew "
+          f"{mem.used_memory_per_fire:.0f} B per fire (record + entries + expiry)")
+    print(f"    other keys of the job: {mem.other_keys_bytes} B")
+    print(f"  history at steady state: {mem.steady_hist_len} entries after lockrun's own XADD "
+          f"MAXLEN ~{HISTORY_CAP} on a day's {round(FIRES_PER_DAY * mem.hist_entries_per_fire)},"
+          f" {mem.steady_hist_bytes / 1024:.0f} KiB")
+    print(f"  one every-minute job per day: {FIRES_PER_DAY} x {mem.record_bytes_mean:.0f} B "
+          f"records + {mem.steady_hist_bytes / 1024:.0f} KiB history + {mem.other_keys_bytes} B "
+          f"= {mem.per_day_bytes / MIB:.2f} MiB ({mem.per_day_bytes / 1024:.0f} KiB)")
+
+
+def print_capacity(idle: float, phases: list[LoadPhase],
+                   rows: list[dict[str, float | int]]) -> None:
+    print(f"  load: {LOAD_WORKERS} concurrent loops of lockrun against the private Redis; "
+          f"Redis idle CPU {idle * 1e6:.0f} us/s subtracted")
+    for p in phases:
+        print(f"    {p.name}: {p.invocations} lockruns in {p.wall_s:.1f} s, Redis CPU "
+              f"{p.redis_cpu_us_per_invocation:.0f} us (inside commands "
+              f"{p.command_us_per_invocation:.0f} us), {p.commands_per_invocation:.1f} commands "
+              f"(Lua included), {p.connections_per_invocation:.1f} connections per lockrun; "
+              f"peak instantaneous_ops_per_sec {p.peak_instantaneous_ops_per_sec}"
+              + (f"; {p.failures} FAILED" if p.failures else ""))
+    print("  every server starts each job at the same second: one run and servers-1 skips per "
+          "fire. Redis CPU s/fire is also how long")
+    print("  that burst keeps single-threaded Redis busy; memory: done records (24 h) + capped "
+          "history, skips write nothing")
+    head = (f"  {'servers':>7} {'jobs':>5} {'every':>6} {'lockruns':>9} {'Redis CPU':>10} "
+            f"{'CPU avg':>8} {'commands':>9} {'cmds/s':>8} {'memory':>8}")
+    print(head)
+    print(f"  {'':>7} {'':>5} {'':>6} {'per fire':>9} {'s/fire':>10} {'% core':>8} "
+          f"{'per fire':>9} {'avg':>8} {'MiB':>8}")
+    for r in rows:
+        print(f"  {r['servers']:>7} {r['jobs']:>5} {str(r['every_min']) + ' min':>6} "
+              f"{r['lockruns_per_fire']:>9} {r['redis_cpu_s_per_fire']:>10.3f} "
+              f"{r['redis_cpu_pct_avg']:>8.2f} {r['commands_per_fire']:>9.0f} "
+              f"{r['commands_per_s_avg']:>8.0f} {r['memory_mib']:>8.1f}")
 
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Let SIGTERM unwind like Ctrl-C, so the finally blocks stop redis-server."""
+    """Let SIGTERM unwind like Ctrl-C, so the finally blocks stop redis-server and etcd."""
 
     def handler(signum: int, _frame: FrameType | None) -> NoReturn:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -760,22 +1479,29 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--runs", type=int, default=DEFAULT_RUNS, metavar="N",
-                       help=f"measured rounds per case (default {DEFAULT_RUNS})")
-    group.add_argument("--quick", action="store_true", help=f"same as --runs {QUICK_RUNS}")
+    parser.add_argument("--runs", type=int, metavar="N",
+                        help=f"measured rounds per case (default {DEFAULT_RUNS}, "
+                             f"{QUICK_RUNS} with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: few rounds, no warm-up, one contention round, few "
+                             "memory fires and a small load test")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write results as JSON")
     parser.add_argument("--output", type=Path, metavar="FILE",
                         help="also write what is printed to FILE (bench/results.txt is the "
                              "copy kept in the repository)")
     parser.add_argument("--no-scenarios", action="store_true",
-                        help="only the per-invocation table (skip contention, time to fail "
-                             "and takeover)")
+                        help="leave out the slow fleet scenarios (200-process contention, time "
+                             "to fail, takeover)")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.runs = QUICK_RUNS
+    if args.runs is None:
+        args.runs = QUICK_RUNS if args.quick else DEFAULT_RUNS
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    args.memory_fires = 5 if args.quick else 60
+    args.load_invocations = 8 if args.quick else 120
+    args.idle_window_s = 0.5 if args.quick else 3.0
+    args.watch_s = 0.3 if args.quick else SUPERVISE_WATCH_S
+    args.contention_rounds = 1 if args.quick else CONTENTION_ROUNDS
     return args
 
 
@@ -804,60 +1530,100 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bench: redis-server not found on PATH", file=sys.stderr)
         return 2
     lockrun, lockrun_how = lockrun_command()
-    env = child_env()
     warnings: list[str] = []
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="lockrun-bench-") as tmpdir, sigterm_as_interrupt():
         tmp = Path(tmpdir)
-        probe = RssProbe.find(tmp)
+        (tmp / "state").mkdir()
+        env = child_env(tmp / "state")
+        probe = RssProbe.find(tmp, env)
         server = RedisServer(binary, tmp)
+        peers: Peers | None = None
         try:
             server.wait_ready(START_DEADLINE_S)
+            acl = server.add_acl_user()
             machine = machine_info(binary, server.version())
-            print("lockrun benchmark")
+            machine["loadavg"] = load_at_start
+            print("lockrun benchmark (issue 12's goals)")
             for key, value in machine.items():
                 print(f"  {key:<12} {value}")
             print(f"  {'lockrun via':<12} {lockrun_how}")
-            print(f"  {'redis':<12} {server.url} (private, no persistence)")
+            print(f"  {'redis':<12} private redis-server, unix socket and 127.0.0.1, no "
+                  "persistence")
+            print(f"  {'ACL rows':<12} {acl}")
             print(f"  {'peak RSS':<12} "
-                  + (f"from {probe.binary} -f %M, a separate run per sample" if probe else
-                     "from wait4 ru_maxrss (no GNU time: floored at this script's own peak)"))
-            print(f"  {'runs':<12} {args.runs} per case, round-robin, after 1 warm-up round")
+                  + (f"{probe.binary} -f %M, a separate run per sample" if probe else
+                     "wait4 ru_maxrss (no GNU time: floored at this script's own peak)"))
+            print(f"  {'runs':<12} {args.runs} per case, round-robin"
+                  + ("" if args.quick else ", after 1 warm-up round"))
             print(flush=True)
 
-            cases, notes = build_cases(lockrun, server.url, tmp)
-            invocations = prepare_and_check(server, lockrun, env, warnings)
+            peers = setup_peers(server, env, tmp)
+            _BASH_ENV.update(bash_env(env, peers.sock))
+            cases = build_cases(lockrun, server, peers)
+            invocations = prepare_and_check(server, lockrun, env, peers, warnings)
             hist_len = server.xlen(SKIP_HIST_KEY)
-            measure_all(server, cases, args.runs, env, probe)
+            measure_all(server, cases, args.runs, env, probe, warm_up=not args.quick)
             post_check(server, args.runs, probe, hist_len, warnings)
+            supervision_ = supervision(lockrun, server, peers, env, args.watch_s)
+            memory = redis_memory(server, lockrun, env, args.memory_fires, warnings)
+            idle, phases = capacity(server, lockrun, env, args.load_invocations,
+                                    args.idle_window_s)
+            warnings += [f"load {p.name}: {p.failures} lockruns failed, the first {p.first_failure}"
+                         for p in phases if p.failures]
             scenarios: list[Scenario] = []
+            contention_: Scenario | None = None
             if not args.no_scenarios:
-                scenarios.append(contention(lockrun, server.url, env, tmp))
-                scenarios += time_to_fail(lockrun, env, binary, tmp)
-                scenarios += takeover(lockrun, server.url, env, tmp)
+                contention_ = contention(lockrun, server.url(), env, tmp, args.contention_rounds)
+                scenarios.append(contention_)
+                # a broken scenario is a warning: it must not lose every figure taken before
+                later: list[tuple[str, Callable[[], list[Scenario]]]] = [
+                    ("time to fail", lambda: time_to_fail(lockrun, env, binary, tmp)),
+                    ("takeover", lambda: takeover(lockrun, server.url(), env, tmp))]
+                for name, scenario in later:
+                    try:
+                        scenarios += scenario()
+                    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                        warnings.append(f"scenario {name} broke: {exc}")
         finally:
+            if peers is not None and peers.etcd is not None:
+                peers.etcd.stop()
             server.stop()
     own_peak = own_peak_rss_kib()
 
     summaries = [summarize(c) for c in cases]
+    by_name = {s.name: s for s in summaries}
     for s in summaries:
         if s.nonzero_exits:
             warnings.append(f"{s.name}: {s.nonzero_exits}/{s.runs} runs exited non-zero")
-    for note in notes:
+    for note in peers.notes:
         print(f"note: {note}")
     for warning in warnings:
         print(f"WARNING: {warning}")
-    if notes or warnings:
+    if peers.notes or warnings:
         print()
 
-    print_table(summaries)
-    floor = min(s.maxrss_wait4_median_kib for s in summaries)
-    print(f"(wait4's own ru_maxrss was >= {floor:.0f} KiB for every case, this script's peak "
+    print_table(summaries, by_name[FLOOR])
+    floor_rss = min(s.maxrss_wait4_median_kib for s in summaries)
+    print(f"(wait4's own ru_maxrss was >= {floor_rss:.0f} KiB for every case, this script's peak "
           f"being {own_peak} KiB: Linux keeps the parent's high-water mark across fork+exec)")
     print()
-    rat = ratios({s.name: s for s in summaries})
-    print("ratios (medians, same run):")
-    for name, value in rat.items():
-        print(f"  {name:<36} {value:5.2f}")
+    found, costs = goals(by_name, supervision_, contention_)
+    print("goals (issue 12), medians of this run:")
+    print_goals(found, costs)
+    print()
+    print(f"supervising a long job (smaps_rollup of the supervisor, max over "
+          f"{args.watch_s:g} s after its job started):")
+    for sup in supervision_:
+        print(f"  {sup.name:<38} RSS {sup.rss_kib / 1024:5.1f} MiB  PSS {sup.pss_kib / 1024:5.1f}"
+              " MiB")
+    print()
+    print("Redis memory of one every-minute job:")
+    print_memory(memory)
+    print()
+    rows = capacity_table(memory, phases[0], phases[1])
+    print("capacity of one Redis (bounded load test, then extrapolated):")
+    print_capacity(idle, phases, rows)
     print()
     print("Redis traffic per invocation (CONFIG RESETSTAT, run once, INFO commandstats; MONITOR):")
     for label, inv in invocations.items():
@@ -878,10 +1644,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "peak_rss_source": probe.binary if probe else "wait4",
             "bench_own_peak_rss_kib": own_peak,
             "runs": args.runs,
-            "notes": notes,
+            "notes": peers.notes,
             "warnings": warnings,
             "summary": [asdict(s) for s in summaries],
-            "ratios": rat,
+            "goals": [{**asdict(g), "verdict": g.verdict} for g in found],
+            "costs_without_limit": costs,
+            "supervision": [asdict(s) for s in supervision_],
+            "redis_memory": asdict(memory),
+            "capacity": {"redis_idle_cpu_s_per_s": idle,
+                         "load": [asdict(p) for p in phases], "table": rows},
             "redis_traffic": {label: asdict(inv) for label, inv in invocations.items()},
             "scenarios": [asdict(sc) for sc in scenarios],
             "samples": {c.name: [asdict(s) for s in c.samples] for c in cases},
