@@ -16,9 +16,10 @@ NEVER_ON_SKIP = {"psutil", "ctypes", "cronsim", "zoneinfo", "tomllib", "tomli", 
                  "lockrun.monitor", "lockrun.ping", "lockrun.textfile", "lockrun.sentinel",
                  "difflib", "lockrun.hostcheck", "lockrun.access", "lockrun.crontabs",
                  "lockrun.completion"}
-NOT_BEFORE_THE_JOB = {"shutil", "subprocess", "secrets"}
+NOT_BEFORE_THE_JOB = {"shutil", "subprocess", "secrets", "hashlib", "_hashlib"}
 """The command is searched on PATH by hand and the owner token read from os.urandom: a
-skip needs neither shutil, subprocess nor secrets (click's --help does)."""
+skip needs neither shutil, subprocess nor secrets (click's --help does), and the
+scripts' SHA1 comes from CPython's _sha1, not from OpenSSL through hashlib."""
 REDIS_PY = {"redis", "asyncio", "importlib.metadata", "lockrun.redispy"}
 """What redis-py costs (its __init__ imports redis.asyncio, hence asyncio, and
 importlib.metadata): none of it on a single-server URL's hot path."""
