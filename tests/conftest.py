@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from redis_topologies import RedisServer, free_cluster_port, free_port, wait_until
+from redis_topologies import RedisServer, free_cluster_port, free_port, make_certs, wait_until
 
 __all__ = ["LOCKRUN", "RedisServer", "free_cluster_port", "free_port", "wait_for"]
 
@@ -155,3 +155,19 @@ def faketime_env(url: str, spec: str, **extra: str) -> dict[str, str]:
         pytest.fail("libfaketime is not installed: run the README's test command")
     return lockrun_env(url, LD_PRELOAD=libs[0], FAKETIME=spec, FAKETIME_DONT_FAKE_MONOTONIC="1",
                        FAKETIME_NO_CACHE="1", **extra)
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer, Path,
+                                                                          str]]:
+    """A redis-server that speaks only TLS and wants a client certificate: its CA, server
+    and client certificates (and an unrelated CA) are in the returned directory."""
+    d = tmp_path_factory.mktemp("tls")
+    make_certs(d)
+    port = free_port()
+    server = RedisServer(d / "redis", ["--tls-port", str(port), "--tls-cert-file",
+                                       str(d / "server.crt"), "--tls-key-file",
+                                       str(d / "server.key"), "--tls-ca-cert-file",
+                                       str(d / "ca.crt"), "--tls-auth-clients", "yes"])
+    yield server, d, f"rediss://127.0.0.1:{port}/0"
+    server.stop()

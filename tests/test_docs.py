@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 from conftest import LOCKRUN, RedisServer, faketime_env, lockrun_env
+from cronlab import as_cron_runs_it, readme_crontab_block
 
 from lockrun.exitcodes import ExitCode
 
@@ -69,24 +70,7 @@ def test_ci_runs_the_readme_test_command_exactly() -> None:
 
 def _crontab_block() -> str:
     """README's first crontab block: the lines a newcomer copies."""
-    match = re.search(r"^```crontab\n(.*?)^```$", README, re.M | re.S)
-    assert match, "README has no crontab block"
-    return match.group(1)
-
-
-def _as_cron_runs_it(command: str) -> str:
-    """What cron hands to /bin/sh: up to the first unescaped %, with \\% turned into %."""
-    out, i = [], 0
-    while i < len(command):
-        if command[i] == "\\" and command[i + 1:i + 2] == "%":
-            out.append("%")
-            i += 2
-            continue
-        if command[i] == "%":
-            break
-        out.append(command[i])
-        i += 1
-    return "".join(out)
+    return readme_crontab_block(README)
 
 
 def test_the_readme_crontab_block_puts_lockrun_on_crons_path() -> None:
@@ -107,7 +91,7 @@ def test_every_readme_crontab_line_parses_and_stays_silent(redis_server: RedisSe
     assert len(jobs) >= 5
     for n, line in enumerate(jobs):
         fields = line.split(None, 5)
-        command = _as_cron_runs_it(fields[5])
+        command = as_cron_runs_it(fields[5])
         argv = shlex.split(command)
         assert argv[0] == "lockrun" and "--" in argv, line
         cut = argv.index("--")

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RedisServer, free_port, lockrun_env
-from test_production_redis import make_certs
+from conftest import RedisServer, lockrun_env
 
 NEVER_ON_SKIP = {"psutil", "ctypes", "cronsim", "zoneinfo", "tomllib", "tomli", "urllib.request",
                  "lockrun.admin", "lockrun.admin_cli", "lockrun.doctor", "lockrun.schedule",
@@ -76,22 +74,8 @@ def test_the_redis_py_switch_is_what_imports_redis(redis_server: RedisServer, ke
     assert "lockrun.resp" in skipped  # its error classes are the common ones
 
 
-@pytest.fixture(scope="module")
-def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer, Path,
-                                                                           str]]:
-    d = tmp_path_factory.mktemp("tls")
-    make_certs(d)
-    port = free_port()
-    server = RedisServer(d / "redis", ["--tls-port", str(port), "--tls-cert-file",
-                                       str(d / "server.crt"), "--tls-key-file",
-                                       str(d / "server.key"), "--tls-ca-cert-file",
-                                       str(d / "ca.crt"), "--tls-auth-clients", "yes"])
-    yield server, d, f"rediss://127.0.0.1:{port}/0"
-    server.stop()
-
-
-def test_rediss_adds_only_ssl(tls_server: tuple[RedisServer, Path, str], key: str) -> None:
-    server, d, url = tls_server
+def test_rediss_adds_only_ssl(tls_redis: tuple[RedisServer, Path, str], key: str) -> None:
+    server, d, url = tls_redis
     tls = ("--redis-ca", str(d / "ca.crt"), "--redis-cert", str(d / "client.crt"),
            "--redis-key", str(d / "client.key"))
     ran, skipped = skip_and_run(lockrun_env(url), key, *tls)

@@ -2,48 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RedisServer, free_port, history, run_lockrun, wait_for
+from conftest import RedisServer, history, run_lockrun, wait_for
 
 pytestmark = pytest.mark.usefixtures("transport")  # each test over lockrun.resp and redis-py
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_certs(d: Path) -> None:
-    """A test CA, a server certificate for 127.0.0.1, and a client certificate."""
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-             "ca.crt", "-days", "2", "-subj", "/CN=lockrun-test-ca", cwd=d)
-    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    for name in ("server", "client"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
-                 f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", "san.ext",
-                 cwd=d)
-    # a second, unrelated CA: trusting it must not be enough
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key", "-out",
-             "other.crt", "-days", "2", "-subj", "/CN=other-ca", cwd=d)
-
-
-@pytest.fixture(scope="module")
-def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer, Path,
-                                                                          str]]:
-    d = tmp_path_factory.mktemp("tls")
-    make_certs(d)
-    port = free_port()
-    server = RedisServer(d / "redis", ["--tls-port", str(port), "--tls-cert-file",
-                                       str(d / "server.crt"), "--tls-key-file",
-                                       str(d / "server.key"), "--tls-ca-cert-file",
-                                       str(d / "ca.crt"), "--tls-auth-clients", "yes"])
-    yield server, d, f"rediss://127.0.0.1:{port}/0"
-    server.stop()
 
 
 def test_tls_with_the_right_ca_and_client_certificate(tls_redis: tuple[RedisServer, Path, str],

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TRANSPORTS, RedisServer, free_port
-from test_production_redis import make_certs
+from redis_topologies import make_certs
 
 from lockrun.client import LockClient
 from lockrun.errors import RedisUnavailable
