@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
 
 from lockrun.errors import UsageError
-from lockrun.optiontable import (
-    WRAPPER,
-    Invocation,
-    Option,
-    Value,
-    invocation,
-    password,
-    to_flag,
-)
+from lockrun.optiontable import WRAPPER, invocation, password, to_flag
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from lockrun.optiontable import Invocation, Option, Value
 
 _LONG = {flag: o for o in WRAPPER for flag in o.flags if flag.startswith("--")}
 _SHORT = {flag[1]: o for o in WRAPPER for flag in o.flags if len(flag) == 2}

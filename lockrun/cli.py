@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import NoReturn
 
 from lockrun.errors import LockrunError, UsageError
 from lockrun.exitcodes import ExitCode
 from lockrun.output import Reporter
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 ADMIN_VERBS = ("status", "history", "unlock", "doctor")
 

@@ -13,20 +13,42 @@ was lost) is decided here, once, for both. What is said over the connection
 from __future__ import annotations
 
 import os
-import re
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Protocol
 
 from lockrun.errors import RedisUnavailable, UsageError
 from lockrun.output import redact
-from lockrun.redisurl import RedisURL, TlsFiles
 from lockrun.redisurl import parse as parse_redis_url
-from lockrun.resp import Arg, NoScript, Timeout, TransportError
+from lockrun.resp import NoScript, Timeout, TransportError
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs its import on every fire: annotations only
+    from collections.abc import Iterator
+    from typing import Any, Protocol
+
     from lockrun.redispy import RedisPyTransport
+    from lockrun.redisurl import RedisURL, TlsFiles
+    from lockrun.resp import Arg
     from lockrun.sentinel import PrimarySession
+
+    class Transport(Protocol):
+        """What LockClient needs from a connection to Redis, whichever library carries it.
+
+        ``execute`` sends one command and returns its decoded reply; failures are
+        raised as lockrun.resp's TransportError classes (a redis-py transport
+        translates its own), so LockClient maps and retries both alike. ``errors``
+        are the exceptions a caller that reaches below LockClient (the Sentinel
+        release session) may meet.
+        """
+
+        errors: tuple[type[Exception], ...]
+
+        def execute(self, *args: Arg) -> object: ...
+
+        def wait(self, key: str, replicas: int, timeout_ms: int) -> int: ...
+
+        def follow_primary(self) -> None: ...
+
+        def close(self) -> None: ...
 
 TRANSPORT_ENV = "LOCKRUN_TRANSPORT"
 """A debugging switch, read only when set: ``redis-py`` carries a single-server URL over
@@ -35,6 +57,8 @@ redis-py instead of lockrun.resp (the test suite runs the protocol tests over bo
 
 def _denied_command(script: str, error: str) -> str | None:
     """Name the command behind "can't run this command ... @user_script:N" (Redis 7 ACLs)."""
+    import re  # an error path: not on every fire
+
     match = re.search(r"@user_script:(\d+)", error)
     if not match or ("permission" not in error.lower() and "can't run" not in error):
         return None
@@ -64,35 +88,14 @@ def _sha(script: str) -> str:
     return digest
 
 
-def _auth(url: RedisURL, password: str | None) -> dict[str, Any]:
+def _auth(url: RedisURL, password: str | None) -> dict[str, str]:
     """A password in the URL wins over LOCKRUN_REDIS_PASSWORD and the file, as documented."""
-    auth: dict[str, Any] = {}
+    auth: dict[str, str] = {}
     if url.username:
         auth["username"] = url.username
     if url.password or password:
-        auth["password"] = url.password or password
+        auth["password"] = url.password or password or ""
     return auth
-
-
-class Transport(Protocol):
-    """What LockClient needs from a connection to Redis, whichever library carries it.
-
-    ``execute`` sends one command and returns its decoded reply; failures are
-    raised as lockrun.resp's TransportError classes (a redis-py transport
-    translates its own), so LockClient maps and retries both alike. ``errors``
-    are the exceptions a caller that reaches below LockClient (the Sentinel
-    release session) may meet.
-    """
-
-    errors: tuple[type[Exception], ...]
-
-    def execute(self, *args: Arg) -> object: ...
-
-    def wait(self, key: str, replicas: int, timeout_ms: int) -> int: ...
-
-    def follow_primary(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 def _transport(parsed: RedisURL, timeout: float, password: str | None,
@@ -252,7 +255,7 @@ class LockClient:
         entries = self.command("XREVRANGE", key, "+", "-", "COUNT", count) or []
         return [(str(i), dict(f or {})) for i, f in entries]
 
-    def call(self, script: str, keys: list[str], args: list[str | int]) -> list[Any]:
+    def call(self, script: str, keys: list[str], args: list[str | int]) -> list[object]:
         """EVALSHA, falling back to EVAL when the server's script cache lacks it."""
         sha = self._shas.get(script) or self._shas.setdefault(script, _sha(script))
         try:
@@ -277,7 +280,7 @@ class LockClient:
 
     def call_retrying(
         self, script: str, keys: list[str], args: list[str | int], attempts: int = 3
-    ) -> list[Any]:
+    ) -> list[object]:
         """Retry only dropped connections, never timeouts.
 
         A dropped connection may have eaten the reply of a script that ran; our

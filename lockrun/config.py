@@ -2,54 +2,145 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 from lockrun.output import Verbosity
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # neither is needed unless --schedule or TLS is used
+    from typing import Final
+
     from lockrun.redisurl import TlsFiles
     from lockrun.schedule import Slot
-
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 
-@dataclass(frozen=True)
 class Config:
-    key: str
-    fire: str
-    command: tuple[str, ...]
-    key_prefix: str = "lockrun"
-    redis_password: str | None = None
-    ttl: float = 60.0
-    redis_url: str = DEFAULT_REDIS_URL
-    redis_timeout: float = 2.0
-    overlap: str = "skip"
-    retention: float = 86400.0
-    on_redis_error: str = "fail"
-    on_lost: str = "warn"
-    timeout: float | None = None
-    kill_after: float = 10.0
-    skip_exit_code: int = 0
-    error_exit_code: int = 75
-    jitter: float = 0.0
-    verbosity: Verbosity = Verbosity.NORMAL
-    slot: Slot | None = None
-    """Set with --schedule: the scheduled fire this tick belongs to."""
-    grace: float = 60.0
-    max_skew: float = 2.0
-    ping_url: str | None = None
-    metrics_dir: str | None = None
-    tls: TlsFiles | None = None
-    wait_replicas: int = 0
-    wait_timeout: float = 1.0
-    strict_replicas: bool = False
-    mail_on_failure: bool = False
-    state_dir: str | None = None
-    """None: the default for this user (lockrun.state.default_dir); '': no state."""
+    """One fire's settings, immutable once built (mypy checks the Final attributes).
 
-    def __post_init__(self) -> None:
+    A plain class, not a dataclass: importing dataclasses (and inspect, which it
+    needs) and generating the methods cost more CPU than a whole skipped fire
+    may. Its keyword defaults are the options' defaults (lockrun.optiontable
+    reads them from ``__init__.__kwdefaults__``), so each is written once.
+    """
+
+    __slots__ = (
+        'command',
+        'error_exit_code',
+        'fire',
+        'grace',
+        'jitter',
+        'key',
+        'key_prefix',
+        'kill_after',
+        'mail_on_failure',
+        'max_skew',
+        'metrics_dir',
+        'on_lost',
+        'on_redis_error',
+        'overlap',
+        'ping_url',
+        'redis_password',
+        'redis_timeout',
+        'redis_url',
+        'retention',
+        'skip_exit_code',
+        'slot',
+        'state_dir',
+        'strict_replicas',
+        'timeout',
+        'tls',
+        'ttl',
+        'verbosity',
+        'wait_replicas',
+        'wait_timeout',
+    )
+
+    def __init__(
+        self,
+        *,
+        key: str,
+        fire: str,
+        command: tuple[str, ...],
+        key_prefix: str = "lockrun",
+        redis_password: str | None = None,
+        ttl: float = 60.0,
+        redis_url: str = DEFAULT_REDIS_URL,
+        redis_timeout: float = 2.0,
+        overlap: str = "skip",
+        retention: float = 86400.0,
+        on_redis_error: str = "fail",
+        on_lost: str = "warn",
+        timeout: float | None = None,
+        kill_after: float = 10.0,
+        skip_exit_code: int = 0,
+        error_exit_code: int = 75,
+        jitter: float = 0.0,
+        verbosity: int = Verbosity.NORMAL,
+        slot: Slot | None = None,
+        grace: float = 60.0,
+        max_skew: float = 2.0,
+        ping_url: str | None = None,
+        metrics_dir: str | None = None,
+        tls: TlsFiles | None = None,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
+        strict_replicas: bool = False,
+        mail_on_failure: bool = False,
+        state_dir: str | None = None,
+    ) -> None:
+        self.key: Final = key
+        self.fire: Final = fire
+        self.command: Final = command
+        self.key_prefix: Final = key_prefix
+        self.redis_password: Final = redis_password
+        self.ttl: Final = ttl
+        self.redis_url: Final = redis_url
+        self.redis_timeout: Final = redis_timeout
+        self.overlap: Final = overlap
+        self.retention: Final = retention
+        self.on_redis_error: Final = on_redis_error
+        self.on_lost: Final = on_lost
+        self.timeout: Final = timeout
+        self.kill_after: Final = kill_after
+        self.skip_exit_code: Final = skip_exit_code
+        self.error_exit_code: Final = error_exit_code
+        self.jitter: Final = jitter
+        self.verbosity: Final = verbosity
+        self.slot: Final = slot
+        """Set with --schedule: the scheduled fire this tick belongs to."""
+        self.grace: Final = grace
+        self.max_skew: Final = max_skew
+        self.ping_url: Final = ping_url
+        self.metrics_dir: Final = metrics_dir
+        self.tls: Final = tls
+        self.wait_replicas: Final = wait_replicas
+        self.wait_timeout: Final = wait_timeout
+        self.strict_replicas: Final = strict_replicas
+        self.mail_on_failure: Final = mail_on_failure
+        self.state_dir: Final = state_dir
+        """None: the default for this user (lockrun.state.default_dir); '': no state."""
         _check_timing(self)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return cls.__slots__
+
+    @classmethod
+    def defaults(cls) -> dict[str, object]:
+        """Each field's default, by name (the three without one are absent)."""
+        return dict(cls.__init__.__kwdefaults__ or {})
+
+    def values(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and self.values() == other.values()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        shown = {n: ("***" if n == "redis_password" and v else v)
+                 for n, v in self.values().items()}
+        return "Config(" + ", ".join(f"{n}={v!r}" for n, v in shown.items()) + ")"
 
     @property
     def ttl_ms(self) -> int:

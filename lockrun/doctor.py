@@ -142,7 +142,8 @@ def _scripts(client: LockClient, prefix: str) -> Check:
     import socket
 
     scratch, fire = f"lockrun-doctor-{secrets.token_hex(4)}", "doctor"
-    lease = Lease(client, scratch, fire, 10_000, True, new_owner(), socket.gethostname(), prefix)
+    lease = Lease(client, key=scratch, fire=fire, ttl_ms=10_000, guard=True, owner=new_owner(),
+                  host=socket.gethostname(), prefix=prefix)
     try:
         if not lease.acquire().won:
             return Check("scripts and permissions", FAIL, "could not claim a scratch fire")

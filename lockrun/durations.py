@@ -1,14 +1,10 @@
 """Duration parsing shared by every option that takes a DURATION."""
 
-import re
+from __future__ import annotations
 
 from lockrun.errors import UsageError
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-# [0-9], not \d: \d also matches Arabic-Indic and other Unicode digits. At most
-# 12 digits before the point: anything longer is far beyond MAX_DURATION anyway,
-# and float() never sees a 400-digit number.
-_DURATION = re.compile(r"([0-9]{1,12}(?:\.[0-9]{1,9})?)(ms|s|m|h|d)?", re.ASCII)
 
 MAX_DURATION = 366 * 86400.0
 """The cap of every DURATION (366d): past it, a value is a typo, and Redis expiries,
@@ -22,21 +18,40 @@ def parse_duration(text: str, what: str = "duration") -> float:
     exponent, no nan or inf: what cron lines need, and nothing that can
     overflow.
     """
-    match = _DURATION.fullmatch(text.strip(" \t"))
-    if match is None:
-        long_digits = re.fullmatch(r"[0-9]{13,}(?:\.[0-9]*)?(ms|s|m|h|d)?", text, re.ASCII)
-        if long_digits:
+    number, unit = _split_unit(text.strip(" \t"))
+    whole, point, fraction = number.partition(".")
+    # ASCII digits only: str.isdigit() also takes '٣' and '²'. At most 12 digits
+    # before the point: anything longer is far beyond MAX_DURATION anyway, and
+    # float() never sees a 400-digit number.
+    if not (_digits(whole, 12) and (not point or _digits(fraction, 9))):
+        raw_whole, raw_point, raw_fraction = _split_unit(text)[0].partition(".")
+        if len(raw_whole) > 12 and _digits(raw_whole, len(raw_whole)) \
+                and (not raw_point or _digits(raw_fraction, len(raw_fraction), empty=True)):
             raise UsageError(f"invalid {what}: a number of {len(text)} characters is far "
                              f"beyond the maximum of {format_duration(MAX_DURATION)}")
         raise UsageError(
             f"invalid {what} {shown(text)}: expected a number with an optional unit "
             "ms, s, m, h or d (for example 90, 90s, 10m, 2h, 1d)"
         )
-    seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    seconds = float(number) * _UNITS[unit]
     if seconds > MAX_DURATION:
         raise UsageError(f"invalid {what} {shown(text)}: the maximum is "
                          f"{format_duration(MAX_DURATION)}")
     return seconds
+
+
+def _split_unit(text: str) -> tuple[str, str]:
+    """'90s' -> ('90', 's'); a bare number is seconds, as in timeout(1) and flock(1)."""
+    for unit in ("ms", "s", "m", "h", "d"):  # "ms" before "s"
+        if text.endswith(unit):
+            return text[:-len(unit)], unit
+    return text, "s"
+
+
+def _digits(text: str, most: int, empty: bool = False) -> bool:
+    """1..*most* ASCII digits (0..most with *empty*)."""
+    return (empty or 0 < len(text)) and len(text) <= most and text.isascii() \
+        and (not text or text.isdigit())
 
 
 def shown(text: str, limit: int = 40) -> str:

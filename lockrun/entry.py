@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
-
 from lockrun.startup import freeze_start_up, hold_gc
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 
 def main() -> NoReturn:

@@ -167,12 +167,10 @@ def _tls(options: dict[str, Any]) -> None:
 
 def _timing(options: dict[str, Any]) -> None:
     """lockrun.config.Config refuses a lease that a slow Redis reply could outlive."""
-    from dataclasses import fields
-
     from lockrun.config import Config
     from lockrun.options import tls_files
 
-    given = {f.name: options[f.name] for f in fields(Config) if f.name in options}
+    given = {name: options[name] for name in Config.field_names() if name in options}
     Config(**{**given, "key": "doctor", "fire": "doctor", "command": ("true",),
               "tls": tls_files(options)})
 

@@ -11,24 +11,31 @@ declared name is used in the body and that the body uses no slot directly.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Final
 
 
-@dataclass(frozen=True)
 class Script:
-    keys: tuple[str, ...]
-    """Lua names of KEYS[1..n], in order."""
-    args: tuple[str, ...]
-    """Lua names of ARGV[1..n], in order."""
-    body: str
-    source: str = field(init=False)
-    """What is sent to Redis (and hashed for EVALSHA): the generated prelude, then the body."""
+    """One script: its named KEYS and ARGV, and the source sent to Redis."""
 
-    def __post_init__(self) -> None:
-        prelude = [f"local {name} = KEYS[{i}]" for i, name in enumerate(self.keys, 1)]
-        prelude += [f"local {name} = ARGV[{i}]" for i, name in enumerate(self.args, 1)]
-        object.__setattr__(self, "source", "\n" + "\n".join(prelude) + self.body)
+    __slots__ = ("args", "body", "keys", "source")
+
+    def __init__(self, keys: tuple[str, ...], args: tuple[str, ...], body: str) -> None:
+        self.keys: Final = keys
+        """Lua names of KEYS[1..n], in order."""
+        self.args: Final = args
+        """Lua names of ARGV[1..n], in order."""
+        self.body: Final = body
+        prelude = [f"local {name} = KEYS[{i}]" for i, name in enumerate(keys, 1)]
+        prelude += [f"local {name} = ARGV[{i}]" for i, name in enumerate(args, 1)]
+        self.source: Final = "\n" + "\n".join(prelude) + body
+        """What is sent to Redis (and hashed for EVALSHA): the generated prelude, then the
+        body."""
+
+    def __repr__(self) -> str:
+        return f"Script(keys={self.keys}, args={self.args})"
 
     def bind(self, keys: Mapping[str, str], **args: str | int) -> tuple[list[str], list[str | int]]:
         """KEYS and ARGV in the script's order, from names; a missing or unknown name is a bug."""

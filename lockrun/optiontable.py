@@ -11,25 +11,26 @@ for click. Nothing here imports click: a cron fire must not pay for it.
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import re
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Literal, Union
 
 from lockrun.config import Config
 from lockrun.durations import MAX_DURATION, format_duration, parse_duration, shown
 from lockrun.errors import UsageError
 from lockrun.output import Reporter, Verbosity
 
-if TYPE_CHECKING:  # only with TLS files
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs its import on every fire: annotations only
+    from collections.abc import Callable, Mapping
+    from typing import Literal, TypeAlias
+
     from lockrun.redisurl import TlsFiles
 
-Value = Union[str, int, float, bool, None]  # noqa: UP007 - an alias, evaluated at runtime
-"""What an option's value can be once converted (and what the file or click hands over)."""
-Kind = Literal["duration", "whole", "choice", "flag", "string"]
-Check = Callable[[str], str]
-"""A string option's validator: the value (perhaps normalised) or a UsageError."""
+    Value: TypeAlias = str | int | float | bool | None
+    """What an option's value can be once converted (and what the file or click hands
+    over)."""
+    Kind: TypeAlias = Literal["duration", "whole", "choice", "flag", "string"]
+    Check: TypeAlias = Callable[[str], str]
+    """A string option's validator: the value (perhaps normalised) or a UsageError."""
 
 
 # Converters: the sentence of each UsageError is what click prints after
@@ -66,7 +67,7 @@ def to_whole(value: Value, low: int, high: int) -> int:
     (IntRange), so its message did not change when this took over.
     """
     if isinstance(value, str):
-        if not re.fullmatch(r"[0-9]{1,6}", value, re.ASCII):
+        if not (0 < len(value) <= 6 and value.isascii() and value.isdigit()):
             raise UsageError(f"{shown(value)} is not a number from {low} to {high}")
         number = int(value)
     elif isinstance(value, int) and not isinstance(value, bool):
@@ -105,7 +106,7 @@ def http_url(value: str) -> str:
     from lockrun.output import redact_url
 
     problem = ""
-    if re.search(r"[\x00-\x20\x7f]", value):
+    if any(c <= " " or c == "\x7f" for c in value):
         problem = "contains a space or a control character"
     else:
         try:
@@ -165,8 +166,9 @@ def redis_url(value: str) -> str:
 
 # The table.
 
-_CONFIG_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)
-                    if f.default is not dataclasses.MISSING}
+_CONFIG_DEFAULTS: Mapping[str, Value] = {
+    name: value for name, value in Config.defaults().items()
+    if value is None or isinstance(value, (str, int, float, bool))}
 
 
 class Option:
@@ -346,14 +348,15 @@ WRAPPER: tuple[Option, ...] = (
 """The wrapper's options in --help order."""
 
 BY_NAME: Mapping[str, Option] = {o.name: o for o in WRAPPER}
-CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(Config) if f.name in BY_NAME
-                      and f.name != "fire")
-"""The options whose value Config takes as it is (fire is derived with --schedule)."""
+CONFIG_FIELDS = tuple(name for name in Config.field_names() if name in BY_NAME
+                      and name not in ("key", "fire"))
+"""The options whose value Config takes as it is (the key is required, and the fire is
+derived with --schedule)."""
 KIND_TYPES: Mapping[Kind, type] = {"duration": float, "whole": int, "flag": bool,
                                    "choice": str, "string": str}
 """What Option.convert returns for each kind: tests/test_argv.py checks these against
 Config's annotations, which mypy cannot see through a mapping of values by name."""
-_by_name: Callable[..., Config] = dataclasses.replace
+_by_name: Callable[..., Config] = Config
 
 
 # What a set of values becomes.
@@ -445,10 +448,9 @@ def invocation(values: Mapping[str, Value], command: tuple[str, ...], redis_pass
         from lockrun.fire import minute_fire
 
         fire_id = minute_fire(now)
-    required = Config(key=str(values["key"]), fire=fire_id, command=command,
+    config = _by_name(key=str(values["key"]), fire=fire_id, command=command,
                       redis_password=redis_password, verbosity=verbosity, slot=slot,
-                      tls=tls_files(values))
-    config = _by_name(required, **{n: values[n] for n in CONFIG_FIELDS})
+                      tls=tls_files(values), **{n: values[n] for n in CONFIG_FIELDS})
     return Invocation(config, json_lines=values["log_format"] == "json",
                       syslog=bool(values["syslog"]))
 

@@ -1,12 +1,22 @@
 """Messages on stderr: silent by default, because cron mails whatever a job prints."""
 
-import re
-import sys
-from enum import IntEnum
-from typing import Protocol
+from __future__ import annotations
 
-_URL_TOKEN = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<rest>[^\s]*)")
-_PLAIN_USER = re.compile(r"[A-Za-z0-9._~-]*", re.ASCII)
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final, Protocol
+
+    class Notices(Protocol):
+        """Memory across invocations (lockrun.state.HostState): a standing problem is news
+        once."""
+
+        def notice_first(self, topic: str) -> bool: ...
+
+        def notice_clear(self, topic: str) -> None: ...
+
+_PLAIN_USER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~-")
 
 
 def redact(text: str) -> str:
@@ -18,7 +28,12 @@ def redact(text: str) -> str:
     password, so a raw '/', ':', '@' or '%' in the password cannot shorten
     what is hidden.
     """
-    return _URL_TOKEN.sub(lambda m: m["scheme"] + _hide_userinfo(m["rest"]), text)
+    if "://" not in text:
+        return text  # every message passes here: no regex for the common case
+    import re
+
+    return re.sub(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<rest>[^\s]*)",
+                  lambda m: m["scheme"] + _hide_userinfo(m["rest"]), text)
 
 
 def redact_url(url: str) -> str:
@@ -35,28 +50,23 @@ def _hide_userinfo(rest: str) -> str:
     if not at:
         return rest
     user, colon, _ = userinfo.partition(":")
-    if colon and _PLAIN_USER.fullmatch(user):
+    if colon and set(user) <= _PLAIN_USER:
         return f"{user}:***@{after}"
     return f"***@{after}"
 
 
-class Verbosity(IntEnum):
-    QUIET = 0
-    NORMAL = 1
-    VERBOSE = 2
+class Verbosity:
+    """How much a Reporter says; plain ints (no enum import on every fire), compared by
+    order."""
+
+    QUIET: Final = 0
+    NORMAL: Final = 1
+    VERBOSE: Final = 2
 
 
 SYSLOG_SOCKET = "/dev/log"
 _SEVERITY = {"error": 3, "warning": 4, "info": 6}
 _LOG_CRON = 9
-
-
-class Notices(Protocol):
-    """Memory across invocations (lockrun.state.HostState): a standing problem is news once."""
-
-    def notice_first(self, topic: str) -> bool: ...
-
-    def notice_clear(self, topic: str) -> None: ...
 
 
 class Reporter:
@@ -67,7 +77,7 @@ class Reporter:
     cron), so operators can follow decisions without cron mailing them.
     """
 
-    def __init__(self, verbosity: Verbosity = Verbosity.NORMAL, json_lines: bool = False,
+    def __init__(self, verbosity: int = Verbosity.NORMAL, json_lines: bool = False,
                  syslog: bool = False) -> None:
         self.verbosity = verbosity
         self.json_lines = json_lines

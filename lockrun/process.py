@@ -1,110 +1,39 @@
 """Starting, signalling, reaping and stopping the job's process tree.
 
-lockrun stays single-threaded: signal handlers only record the signal and
-wake the loop through a self-pipe (``signal.set_wakeup_fd``); the loop that
-waits on the child is also the one that renews the lease, so a renewal can
-never die silently on a thread nobody watches.
+Only the server that runs the fire imports this (lockrun.supervisor); the
+signals it waits on are recorded by lockrun.signals.
 """
 
 from __future__ import annotations
 
 import errno
-import functools
 import os
-import select
-import signal
 import sys
-from collections.abc import Callable, Sequence
-from types import FrameType
-from typing import TypeAlias
 
 from lockrun.errors import CommandNotExecutable, CommandNotFound
 
-FORWARDED_SIGNALS = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+    from collections.abc import Callable, Sequence
+else:
+    import _signal as signal  # see lockrun.signals
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
-
-MAX_PENDING = 16
-"""At most this many signals wait for the loop: a storm cannot grow the inbox."""
-
-_Handler: TypeAlias = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
+_prctl_cache: list[Callable[..., int] | None] = []
 
 
-def resolve_command(argv: Sequence[str], env: dict[str, str]) -> str:
-    """Find the program before any lock is taken, so a typo costs no fire.
-
-    Exit codes follow the shell: 127 not found, 126 found but not executable.
-    """
-    program = argv[0]
-    if "/" in program:
-        if not os.path.exists(program):
-            raise CommandNotFound(f"{program}: command not found")
-        if os.path.isdir(program) or not os.access(program, os.X_OK):
-            raise CommandNotExecutable(f"{program}: permission denied")
-        _check_interpreter(program, program)
-        return program
-    found = _which(program, env.get("PATH", os.defpath), os.X_OK)
-    if found is None:
-        if _which(program, env.get("PATH", os.defpath), os.F_OK):
-            raise CommandNotExecutable(f"{program}: permission denied")
-        raise CommandNotFound(f"{program}: command not found")
-    _check_interpreter(program, found)
-    return found
-
-
-def _which(program: str, path: str, mode: int) -> str | None:
-    """shutil.which's search (first match on PATH, an empty entry is the current
-    directory, directories skipped), without importing shutil on every fire."""
-    if not path:
-        return None  # as shutil.which: an empty PATH finds nothing
-    for directory in path.split(os.pathsep):
-        candidate = os.path.join(directory or os.curdir, program)
-        if os.access(candidate, mode) and not os.path.isdir(candidate):
-            return candidate
-    return None
-
-
-def _check_interpreter(name: str, path: str) -> None:
-    """A script whose ``#!`` interpreter is missing fails like a missing command (127).
-
-    Found now, before the claim, it costs no fire; exec would find it only after
-    the claim, when the fire must be given back. Only an absolute interpreter
-    path is checked, as the kernel needs one; an unreadable script is left to exec.
-    """
-    try:
-        with open(path, "rb") as f:
-            head = f.read(256)
-    except OSError:
-        return
-    if not head.startswith(b"#!"):
-        return
-    words = head[2:].split(b"\n", 1)[0].split()
-    if not words or not words[0].startswith(b"/"):
-        return
-    interpreter = os.fsdecode(words[0])
-    if not os.path.exists(interpreter):
-        raise CommandNotFound(f"{name}: bad interpreter {interpreter}: no such file")
-    if os.path.isdir(interpreter) or not os.access(interpreter, os.X_OK):
-        raise CommandNotExecutable(f"{name}: bad interpreter {interpreter}: permission denied")
-
-
-@functools.cache
 def _prctl() -> Callable[..., int] | None:
     """libc's prctl(2), loaded once in lockrun itself so the forked child never dlopens."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
+    if not _prctl_cache:
+        function: Callable[..., int] | None = None
+        if sys.platform.startswith("linux"):
+            import ctypes
 
-    function: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-    return function
+            function = ctypes.CDLL(None, use_errno=True).prctl
+        _prctl_cache.append(function)
+    return _prctl_cache[0]
 
 
 def _libc_prctl(option: int, arg: int) -> int:
@@ -119,69 +48,6 @@ def _libc_prctl(option: int, arg: int) -> int:
     return ctypes.get_errno() or errno.EINVAL
 
 
-class SignalInbox:
-    """Records signals for the main loop; the handlers themselves do nothing else.
-
-    The handlers in place before are put back on close, not SIG_DFL: a Python
-    program or a test that runs lockrun in its own process keeps its own.
-    """
-
-    def __init__(self) -> None:
-        self.pending: list[int] = []
-        self._read_fd, self._write_fd = os.pipe()
-        os.set_blocking(self._write_fd, False)
-        os.set_blocking(self._read_fd, False)
-        self._previous_wakeup = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
-        self._previous: dict[int, _Handler] = {}
-        for sig in FORWARDED_SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._record)
-        # SIGCHLD must have a handler (not SIG_DFL) so its arrival writes to the pipe.
-        self._previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, self._ignore)
-
-    def _record(self, signum: int, _frame: object) -> None:
-        # A signal already pending adds nothing (the kernel does not queue standard
-        # signals either), so the list holds each kind at most once, in order of
-        # first arrival: pending[0], the signal that stops a job before its start,
-        # is never displaced, and a storm cannot grow the list.
-        if signum not in self.pending and len(self.pending) < MAX_PENDING:
-            self.pending.append(signum)
-
-    def _ignore(self, _signum: int, _frame: object) -> None:
-        return None
-
-    def take(self) -> list[int]:
-        taken, self.pending = self.pending, []
-        return taken
-
-    def wait(self, timeout: float | None) -> None:
-        """Sleep until a signal arrives or *timeout* seconds pass."""
-        if timeout is not None and timeout <= 0:
-            self._drain()
-            return
-        if self.pending:
-            return
-        try:
-            select.select([self._read_fd], [], [], timeout)
-        except InterruptedError:
-            pass
-        self._drain()
-
-    def _drain(self) -> None:
-        try:
-            while os.read(self._read_fd, 512):
-                pass
-        except BlockingIOError:
-            pass
-
-    def close(self) -> None:
-        for sig, previous in self._previous.items():
-            # None: a handler set outside Python, which Python cannot put back.
-            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
-        signal.set_wakeup_fd(self._previous_wakeup)
-        os.close(self._read_fd)
-        os.close(self._write_fd)
-
-
 class Child:
     """The job: its own process group, started with a parent-death signal."""
 
@@ -194,50 +60,20 @@ class Child:
             self.unprotected.append(
                 f"cannot become a child subreaper ({os.strerror(failed)}): processes the job "
                 "daemonizes may outlive --timeout, --on-lost kill and its end")
-        parent = os.getpid()
-        tty = self.foreground_tty
-        report_r, report_w = os.pipe()
-
-        def prepare() -> None:  # runs in the forked child, before exec
-            os.setpgid(0, 0)
-            if _libc_prctl(_PR_SET_PDEATHSIG, signal.SIGKILL):
-                # The job still runs: refusing would cost a claimed fire for a safety
-                # net that only matters if lockrun is SIGKILLed. The child has no
-                # stderr of lockrun's to speak on, so it tells the parent through the
-                # pipe (read once Popen returns, i.e. after the exec).
-                os.write(report_w, b"p")
-            if os.getppid() != parent:  # lockrun died before prctl took effect
-                os._exit(signal.SIGKILL + 128)
-            if tty is not None:
-                _give_terminal(tty, os.getpgrp())
-
-        import subprocess  # only a fire that runs the job pays for it
-
-        try:
-            self.proc = subprocess.Popen(
-                list(argv), executable=program, env=env, preexec_fn=prepare, close_fds=True
-            )
-        except FileNotFoundError:
-            raise CommandNotFound(f"{argv[0]}: command not found") from None
-        except PermissionError:
-            raise CommandNotExecutable(f"{argv[0]}: permission denied") from None
-        except OSError as exc:
-            if exc.errno in (errno.ENOEXEC, errno.EACCES, errno.EISDIR):
-                raise CommandNotExecutable(f"{argv[0]}: {exc.strerror}") from None
-            raise
-        finally:
-            os.close(report_w)
-            os.set_blocking(report_r, False)
-            try:
-                no_pdeathsig = os.read(report_r, 1) == b"p"
-            except BlockingIOError:
-                no_pdeathsig = False
-            os.close(report_r)
+        self.pid, no_pdeathsig, exec_errno = _spawn(list(argv), program, env,
+                                                    self.foreground_tty)
+        if exec_errno is not None:
+            if exec_errno == errno.ENOENT:
+                raise CommandNotFound(f"{argv[0]}: command not found")
+            if exec_errno == errno.EACCES:
+                raise CommandNotExecutable(f"{argv[0]}: permission denied")
+            if exec_errno in (errno.ENOEXEC, errno.EISDIR):
+                raise CommandNotExecutable(f"{argv[0]}: {os.strerror(exec_errno)}")
+            raise OSError(exec_errno, f"cannot start {argv[0]}: {os.strerror(exec_errno)}")
         if no_pdeathsig:
             self.unprotected.append(
                 "cannot set the job's parent-death signal: if lockrun is killed with "
                 "SIGKILL, the job keeps running")
-        self.pid = self.proc.pid
         self.pgid = self.pid
         self.status: int | None = None
 
@@ -260,7 +96,6 @@ class Child:
                 self._follow_stop(os.WSTOPSIG(status))
                 continue
             self.status = status
-            self.proc.returncode = status  # keep Popen from reaping it again
         return self.status
 
     def _follow_stop(self, sig: int) -> None:
@@ -330,6 +165,68 @@ class Child:
         """Take the terminal's foreground back after the job ends."""
         if self.foreground_tty is not None:
             _give_terminal(self.foreground_tty, os.getpgrp())
+
+
+def _spawn(argv: list[str], program: str, env: dict[str, str],
+           tty: int | None) -> tuple[int, bool, int | None]:
+    """fork and exec the job: (pid, parent-death signal missing, exec's errno or None).
+
+    What subprocess.Popen(preexec_fn=..., close_fds=True) does, without importing
+    subprocess (and threading, selectors...) on every run: in the child, a
+    process group of its own, the parent-death signal, the terminal's
+    foreground for a manual run, SIGPIPE and SIGXFSZ back to their defaults
+    (Python ignores them), every descriptor but 0-2 closed, then exec. The
+    child reports through a close-on-exec pipe, so reading it to its end
+    waits exactly until the exec happened or failed, and says which.
+    """
+    parent = os.getpid()
+    report_r, report_w = os.pipe()  # close-on-exec, as every descriptor Python makes
+    pid = os.fork()
+    if pid == 0:  # the child: no Python exception may escape this block
+        try:
+            os.close(report_r)
+            os.setpgid(0, 0)
+            if _libc_prctl(_PR_SET_PDEATHSIG, signal.SIGKILL):
+                # The job still runs: refusing would cost a claimed fire for a safety
+                # net that only matters if lockrun is SIGKILLed. The child has no
+                # stderr of lockrun's to speak on, so it tells the parent.
+                os.write(report_w, b"p")
+            if os.getppid() != parent:  # lockrun died before prctl took effect
+                os._exit(signal.SIGKILL + 128)
+            if tty is not None:
+                _give_terminal(tty, os.getpgrp())
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(sig, signal.SIG_DFL)
+            os.closerange(3, report_w)
+            os.closerange(report_w + 1, _max_fd())
+            os.execve(program, argv, env)  # noqa: S606 - the job's own argv, as Popen ran it
+        except OSError as exc:
+            os.write(report_w, b"e%d" % (exc.errno or errno.EINVAL))
+        except BaseException:  # noqa: BLE001 - nothing of lockrun's may run twice
+            os.write(report_w, b"e%d" % errno.EINVAL)
+        finally:
+            os._exit(127)
+    os.close(report_w)
+    report = b""
+    while True:
+        chunk = os.read(report_r, 64)
+        if not chunk:
+            break
+        report += chunk
+    os.close(report_r)
+    no_pdeathsig = report.startswith(b"p")
+    report = report.removeprefix(b"p")
+    if report.startswith(b"e"):
+        os.waitpid(pid, 0)  # it exited at once: reap it, as Popen does
+        return pid, no_pdeathsig, int(report[1:] or errno.EINVAL)
+    return pid, no_pdeathsig, None
+
+
+def _max_fd() -> int:
+    try:
+        return max(os.sysconf("SC_OPEN_MAX"), 256)
+    except (OSError, ValueError):
+        return 65536
 
 
 def _terminal_owner(tty: int) -> int | None:

@@ -9,15 +9,18 @@ one job share the ``{KEY}`` hash tag, so every script touches a single slot.
 from __future__ import annotations
 
 import os
-import socket
 import time
-from dataclasses import dataclass
 
-from lockrun.client import LockClient
 from lockrun.errors import PossibleDuplicate, RedisUnavailable
 from lockrun.lua import Script
 from lockrun.output import redact
-from lockrun.state import KeptEnd
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
+
+    from lockrun.client import LockClient
+    from lockrun.state import KeptEnd
 
 HISTORY_MAXLEN = 1000
 """Approximate cap of the per-job history stream (``XADD MAXLEN ~``)."""
@@ -197,48 +200,72 @@ def job_keys(key: str, fire: str, prefix: str = "lockrun") -> dict[str, str]:
     }
 
 
+def whole(reply: object) -> int:
+    """A script's integer, as either transport returns it (Lua numbers arrive as RESP
+    integers; a string of digits is taken too)."""
+    if isinstance(reply, int):
+        return reply
+    return int(str(reply))
+
+
+def host_name() -> str:
+    """This server's name as gethostname(2) gives it, without importing socket (os.uname's
+    nodename is the same string)."""
+    return os.uname().nodename
+
+
 def new_owner() -> str:
     """128 random bits, plus host and pid so a human can tell who holds a lock."""
     # os.urandom is what secrets.token_hex reads, without secrets' imports (base64, hmac,
     # random) on every fire
-    return f"{os.urandom(16).hex()}@{socket.gethostname()}:{os.getpid()}"
+    return f"{os.urandom(16).hex()}@{host_name()}:{os.getpid()}"
 
 
-@dataclass(frozen=True)
 class Acquired:
     """Outcome of an acquire: ``won`` or the reason this server skips."""
 
-    status: str  # ok | held | done | overlap | replica
-    fence: int
-    server_ms: int
-    holder_host: str = ""
-    holder_detail: str = ""
+    __slots__ = ("fence", "holder_detail", "holder_host", "server_ms", "status")
+
+    def __init__(self, status: str, fence: int, server_ms: int, holder_host: str = "",
+                 holder_detail: str = "") -> None:
+        self.status: Final = status
+        """ok | held | done | overlap | replica"""
+        self.fence: Final = fence
+        self.server_ms: Final = server_ms
+        self.holder_host: Final = holder_host
+        self.holder_detail: Final = holder_detail
 
     @property
     def won(self) -> bool:
         return self.status == "ok"
 
 
-@dataclass(frozen=True)
 class Renewed:
-    ok: bool
-    server_ms: int
-    reason: str = ""
+    __slots__ = ("ok", "reason", "server_ms")
+
+    def __init__(self, ok: bool, server_ms: int, reason: str = "") -> None:
+        self.ok: Final = ok
+        self.server_ms: Final = server_ms
+        self.reason: Final = reason
 
 
-@dataclass
 class Lease:
     """One server's claim on one fire, from acquire to release."""
 
-    client: LockClient
-    key: str
-    fire: str
-    ttl_ms: int
-    guard: bool
-    owner: str
-    host: str
-    prefix: str = "lockrun"
-    fence: int = 0
+    __slots__ = ("client", "fence", "fire", "guard", "host", "key", "owner", "prefix", "ttl_ms")
+
+    def __init__(self, client: LockClient, *, key: str, fire: str, ttl_ms: int, guard: bool,
+                 owner: str, host: str, prefix: str = "lockrun") -> None:
+        self.client: Final = client
+        self.key: Final = key
+        self.fire: Final = fire
+        self.ttl_ms: Final = ttl_ms
+        self.guard: Final = guard
+        self.owner: Final = owner
+        self.host: Final = host
+        self.prefix: Final = prefix
+        self.fence = 0
+        """Set by a won acquire: what the job gets as LOCKRUN_FENCE."""
 
     @property
     def keys(self) -> dict[str, str]:
@@ -259,7 +286,7 @@ class Lease:
         local_ms = round(time.time() * 1000)
         r = self.client.call_retrying(
             ACQUIRE.source, *self._bind(ACQUIRE, ttl_ms=self.ttl_ms, local_ms=local_ms))
-        result = Acquired(str(r[0]), int(r[1]), int(r[2]), str(r[3]), str(r[4]))
+        result = Acquired(str(r[0]), whole(r[1]), whole(r[2]), str(r[3]), str(r[4]))
         if result.status == "replica":
             # a replica with replica-read-only no would take the claim, and the
             # primary would never see it: two servers could both win the fire
@@ -281,7 +308,7 @@ class Lease:
             raise RedisUnavailable(
                 f"Redis at {redact(self.client.url)} answered as a replica: cannot renew the "
                 "lease there", self.client.error_exit_code)
-        return Renewed(r[0] == "ok", int(r[1]), str(r[2]))
+        return Renewed(r[0] == "ok", whole(r[1]), str(r[2]))
 
     def record_miss(self, retention_ms: int, late_ms: int) -> bool:
         """Note a scheduled fire skipped as too late; False if the fire already has a record."""

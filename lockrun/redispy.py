@@ -22,9 +22,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from lockrun.redisurl import RedisURL
-from lockrun.resp import Arg, ConnectionLost, NoScript, ServerError, Timeout, TransportError
+from lockrun.resp import ConnectionLost, NoScript, ServerError, Timeout, TransportError
 
 if TYPE_CHECKING:
+    from lockrun.resp import Arg
     from lockrun.redisurl import TlsFiles
     from lockrun.sentinel import PrimarySession
 
@@ -65,7 +66,8 @@ def _direct_client(url: RedisURL, common: dict[str, Any], auth: dict[str, Any],
         kwargs.update(host=host, port=port)
         if url.tls:
             names = {"ca": "ssl_ca_certs", "cert": "ssl_certfile", "key": "ssl_keyfile"}
-            files = {names[k]: v for k, v in vars(tls).items() if v} if tls else {}
+            given = {"ca": tls.ca, "cert": tls.cert, "key": tls.key} if tls else {}
+            files = {names[k]: v for k, v in given.items() if v}
             kwargs.update(connection_class=redis.SSLConnection, **files)
     client = redis.Redis(connection_pool=redis.ConnectionPool(**kwargs))
     client.auto_close_connection_pool = True

@@ -9,12 +9,13 @@ are built from the parsed fields, so what was checked is what connects.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
-
 from lockrun.errors import UsageError
 from lockrun.output import redact_url
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing and dataclasses cost more than a skipped fire may: neither is used
+    from collections.abc import Callable
+    from typing import Final
 
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
 DB_MAX = 65535
@@ -26,21 +27,64 @@ FORMS = ("redis://HOST[:PORT][/DB], rediss://HOST[:PORT][/DB], unix:///PATH[?db=
          "or path if needed")
 # (no "USER:PASSWORD@" right after "://" above: redaction would hide the example itself)
 
-_HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})", re.ASCII)
-_IPV6 = re.compile(r"\[[0-9A-Fa-f:.]{2,45}\]", re.ASCII)
-_DIGITS = re.compile(r"[0-9]{1,10}", re.ASCII)
-_SERVICE = re.compile(r"[A-Za-z0-9._-]{1,200}", re.ASCII)
-_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_HOST_FIRST = _ALNUM | {"_"}
+_HOST_REST = _ALNUM | set("_.-")
+_HEX = frozenset("0123456789ABCDEFabcdef")
+_IPV6_CHARS = _HEX | {":", "."}
+_SERVICE_CHARS = _ALNUM | set("._-")
+
+
+def _is_hostname(text: str) -> bool:
+    return 0 < len(text) <= 253 and text[0] in _HOST_FIRST and _HOST_REST.issuperset(text)
+
+
+def _is_ipv6(text: str) -> bool:
+    """[ADDRESS] with 2-45 hex digits, ':' and '.' inside the brackets."""
+    return text[:1] == "[" and text[-1:] == "]" and 2 <= len(text) - 2 <= 45 \
+        and _IPV6_CHARS.issuperset(text[1:-1])
+
+
+def _is_digits(text: str, most: int = 10) -> bool:
+    """ASCII digits only: str.isdigit() alone also takes '٣' and '²'."""
+    return 0 < len(text) <= most and text.isascii() and text.isdigit()
+
+
+def _bad_escape(text: str) -> bool:
+    """A '%' not followed by two hex digits."""
+    at = text.find("%")
+    while at >= 0:
+        if len(text) < at + 3 or not _HEX.issuperset(text[at + 1:at + 3]):
+            return True
+        at = text.find("%", at + 1)
+    return False
+
+
+def _unquote(text: str) -> str:
+    """Percent-decoding as urllib.parse.unquote(errors="strict") does it, once every '%' is
+    known to start a %XX escape (urllib.parse costs its import on every ACL fire)."""
+    if "%" not in text:
+        return text
+    data = bytearray()
+    i = 0
+    while i < len(text):
+        if text[i] == "%":
+            data.append(int(text[i + 1:i + 3], 16))
+            i += 3
+        else:
+            data += text[i].encode()
+            i += 1
+    return data.decode("utf-8")
 
 
 class RedisUrlError(UsageError):
     """A URL that cannot be used; the message never contains the password."""
 
 
-_Fail = Callable[[str], RedisUrlError]
+if TYPE_CHECKING:
+    _Fail = Callable[[str], RedisUrlError]
 
 
-@dataclass(frozen=True)
 class RedisURL:
     """The fields of a checked --redis-url.
 
@@ -48,15 +92,24 @@ class RedisURL:
     under LOCKRUN_DEBUG does not show it.
     """
 
-    scheme: str
-    hosts: tuple[tuple[str, int], ...] = ()
-    path: str | None = None
-    db: int = 0
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    service: str | None = None
-    shown: str = ""
-    """The URL as it may be printed: password replaced by ***."""
+    __slots__ = ("db", "hosts", "password", "path", "scheme", "service", "shown", "username")
+
+    def __init__(self, scheme: str, hosts: tuple[tuple[str, int], ...] = (),
+                 path: str | None = None, db: int = 0, username: str | None = None,
+                 password: str | None = None, service: str | None = None,
+                 shown: str = "") -> None:
+        self.scheme: Final = scheme
+        self.hosts: Final = hosts
+        self.path: Final = path
+        self.db: Final = db
+        self.username: Final = username
+        self.password: Final = password
+        self.service: Final = service
+        self.shown: Final = shown
+        """The URL as it may be printed: password replaced by ***."""
+
+    def __repr__(self) -> str:
+        return f"RedisURL({self.shown!r})"
 
     @property
     def tls(self) -> bool:
@@ -75,7 +128,7 @@ def parse(text: str) -> RedisURL:
     def fail(problem: str) -> RedisUrlError:
         return RedisUrlError(f"{shown}: {problem}")
 
-    if re.search(r"[\x00-\x20\x7f]", text):
+    if any(c <= " " or c == "\x7f" for c in text):
         raise fail("contains a space or a control character (percent-encode it, e.g. %20)")
     scheme, _, rest = text.partition("://")
     scheme = scheme.lower()  # RFC 3986: schemes are case-insensitive
@@ -117,7 +170,7 @@ def parse(text: str) -> RedisURL:
     if not service:
         raise fail("no service name; expected redis+sentinel://HOST:PORT[,HOST:PORT...]"
                    "/SERVICE[/DB]")
-    if not _SERVICE.fullmatch(service):
+    if not (len(service) <= 200 and _SERVICE_CHARS.issuperset(service)):
         raise fail("the service name may only hold letters, digits, '.', '_' and '-'")
     db = _db(db_text.rstrip("/") or "0", fail)
     return url(hosts=hosts, service=service, db=db)
@@ -162,15 +215,13 @@ def _credentials(userinfo: str | None, fail: _Fail) -> tuple[str | None, str | N
     if any(c in userinfo for c in "/?#@[]"):
         raise fail("the user name or password holds a raw '/', '?', '#', '@', '[' or ']'; "
                    "percent-encode it (%2F, %3F, %23, %40, %5B, %5D)")
-    if _BAD_ESCAPE.search(userinfo):
+    if _bad_escape(userinfo):
         raise fail("the user name or password holds a '%' that is not a %XX escape; "
                    "write a literal '%' as %25")
-    from urllib.parse import unquote
-
     user, colon, password = userinfo.partition(":")
     try:
-        username = unquote(user, errors="strict") or None
-        secret = unquote(password, errors="strict") if colon else None
+        username = _unquote(user) or None
+        secret = _unquote(password) if colon else None
     except UnicodeDecodeError:
         raise fail("the percent-decoded user name or password is not UTF-8") from None
     return username, secret or None
@@ -195,7 +246,7 @@ def _query(query: str, scheme: str, fail: _Fail) -> dict[str, str]:
 
 
 def _db(text: str, fail: _Fail) -> int:
-    if not _DIGITS.fullmatch(text) or int(text) > DB_MAX:
+    if not _is_digits(text) or int(text) > DB_MAX:
         raise fail(f"the database must be a number from 0 to {DB_MAX}")
     return int(text)
 
@@ -210,12 +261,12 @@ def _hosts(text: str, fail: _Fail, single: bool) -> tuple[tuple[str, int], ...]:
         if item.startswith("["):
             end = item.find("]") + 1
             host, port_part = item[:end], item[end:]
-            valid = end > 0 and bool(_IPV6.fullmatch(host))
+            valid = end > 0 and _is_ipv6(host)
             host = host[1:-1]
         else:
             host, _, port = item.partition(":")
             port_part = item[len(host):]
-            valid = bool(_HOSTNAME.fullmatch(host))
+            valid = _is_hostname(host)
         if not host:
             raise fail("no host before the port" if port_part else "an empty address in "
                        "the list")
@@ -227,18 +278,30 @@ def _hosts(text: str, fail: _Fail, single: bool) -> tuple[tuple[str, int], ...]:
             hosts.append((host, DEFAULT_PORT))
             continue
         port = port_part.removeprefix(":")
-        if not port_part.startswith(":") or not _DIGITS.fullmatch(port) \
+        if not port_part.startswith(":") or not _is_digits(port) \
                 or not 1 <= int(port) <= 65535:
             raise fail("the port must be a number from 1 to 65535")
         hosts.append((host, int(port)))
     return tuple(hosts)
 
 
-@dataclass(frozen=True)
 class TlsFiles:
     """rediss:// trust and client identity (--redis-ca, --redis-cert, --redis-key);
     certificate verification stays on whatever is given."""
 
-    ca: str | None = None
-    cert: str | None = None
-    key: str | None = None
+    __slots__ = ("ca", "cert", "key")
+
+    def __init__(self, ca: str | None = None, cert: str | None = None,
+                 key: str | None = None) -> None:
+        self.ca: Final = ca
+        self.cert: Final = cert
+        self.key: Final = key
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TlsFiles) and \
+            (self.ca, self.cert, self.key) == (other.ca, other.cert, other.key)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"TlsFiles({self.ca!r}, {self.cert!r}, {self.key!r})"

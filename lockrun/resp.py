@@ -20,17 +20,23 @@ whether a timeout came after the command may have reached the server.
 
 from __future__ import annotations
 
-import socket
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, TypeAlias
-
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket
     import ssl
+    from typing import Final, TypeAlias
 
-Arg: TypeAlias = "str | int | float | bytes"
-Reply: TypeAlias = "str | int | list[Reply] | ServerError | None"
-"""A decoded RESP2 reply; a nested error reply (inside an array) stays an object, as in
-redis-py, so the rest of the array is still read and the connection stays in step."""
+    Arg: TypeAlias = "str | int | float | bytes"
+    Reply: TypeAlias = "str | int | list[Reply] | ServerError | None"
+    """A decoded RESP2 reply; a nested error reply (inside an array) stays an object, as in
+    redis-py, so the rest of the array is still read and the connection stays in step."""
+else:
+    # The C module under socket.py: the same calls, without the enum conversions that
+    # make ``import socket`` cost about 3 ms of CPU on every fire. rediss:// imports
+    # the real one with ssl (_open).
+    import _socket as socket
+
+READ_SIZE = 65536
 
 
 class TransportError(Exception):
@@ -132,20 +138,28 @@ def encode(args: tuple[Arg, ...]) -> bytes:
     return b"".join(parts)
 
 
-@dataclass(frozen=True)
 class Endpoint:
     """Where one Redis server listens and how to log in to it: the checked URL's fields.
 
     ``tls`` is (ca, cert, key) for rediss:// (each may be None), None otherwise.
     """
 
-    host: str = ""
-    port: int = 6379
-    path: str | None = None
-    tls: tuple[str | None, str | None, str | None] | None = None
-    username: str | None = None
-    password: str | None = None
-    db: int = 0
+    __slots__ = ("db", "host", "password", "path", "port", "tls", "username")
+
+    def __init__(self, host: str = "", port: int = 6379, path: str | None = None,
+                 tls: tuple[str | None, str | None, str | None] | None = None,
+                 username: str | None = None, password: str | None = None,
+                 db: int = 0) -> None:
+        self.host: Final = host
+        self.port: Final = port
+        self.path: Final = path
+        self.tls: Final = tls
+        self.username: Final = username
+        self.password: Final = password
+        self.db: Final = db
+
+    def __repr__(self) -> str:  # no password
+        return f"Endpoint({self.where!r}, db={self.db})"
 
     @property
     def where(self) -> str:
@@ -170,7 +184,10 @@ class Connection:
         self.endpoint = endpoint
         self.timeout = timeout
         self._sock: socket.socket | None = None
-        self._file: BinaryIO | None = None
+        self._buffer = b""
+        """Bytes received from the server; those before ``_pos`` are parsed already. An
+        offset rather than slicing off each line: a history reply has thousands."""
+        self._pos = 0
 
     # -- connecting --------------------------------------------------------
 
@@ -186,9 +203,15 @@ class Connection:
                 raise
             return sock
         err: OSError | None = None
-        for family, kind, proto, _, address in socket.getaddrinfo(e.host, e.port, 0,
-                                                                   socket.SOCK_STREAM):
-            sock = socket.socket(family, kind, proto)
+        module = socket
+        if e.tls is not None:
+            import socket as module  # what ssl wraps (it imports it anyway)
+        # bytes: a str host goes through the "idna" codec, whose import (re, stringprep,
+        # unicodedata) costs more than the connection; the checked host is ASCII anyway
+        host = e.host.encode("ascii")
+        for family, kind, proto, _, address in module.getaddrinfo(host, e.port, 0,
+                                                                   module.SOCK_STREAM):
+            sock = module.socket(family, kind, proto)
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock.settimeout(self.timeout)
@@ -212,7 +235,7 @@ class Connection:
             raise ConnectFailed(_connect_message(self.endpoint.where, exc)) from None
         sock.settimeout(self.timeout)
         self._sock = sock
-        self._file = sock.makefile("rb")
+        self._buffer, self._pos = b"", 0
         try:
             self._login()
         except BaseException:
@@ -301,12 +324,27 @@ class Connection:
             raise reply
         return reply
 
-    def _line(self) -> bytes:
-        assert self._file is not None
-        line = self._file.readline()
-        if not line.endswith(b"\r\n"):
+    def _more(self) -> None:
+        """Receive what the server has sent so far (at least one byte) into the buffer."""
+        assert self._sock is not None
+        data = self._sock.recv(READ_SIZE)
+        if not data:
             raise ConnectionLost("Connection closed by server.")
-        return line[:-2]
+        self._buffer, self._pos = self._buffer[self._pos:] + data, 0
+
+    def _line(self) -> bytes:
+        end = self._buffer.find(b"\r\n", self._pos)
+        while end < 0:
+            self._more()
+            end = self._buffer.find(b"\r\n", self._pos)
+        line, self._pos = self._buffer[self._pos:end], end + 2
+        return line
+
+    def _exactly(self, size: int) -> bytes:
+        while len(self._buffer) - self._pos < size:
+            self._more()
+        data, self._pos = self._buffer[self._pos:self._pos + size], self._pos + size
+        return data
 
     def _read(self) -> Reply:
         """One RESP2 reply: simple string, error, integer, bulk (nil), array (nil, nested)."""
@@ -322,10 +360,7 @@ class Connection:
             size = int(rest)
             if size < 0:
                 return None
-            assert self._file is not None
-            data = self._file.read(size + 2)
-            if len(data) != size + 2:
-                raise ConnectionLost("Connection closed by server.")
+            data = self._exactly(size + 2)
             # redis-py decodes strictly; lockrun's own values are UTF-8, and a foreign
             # value read by an admin verb is shown rather than crash it
             return data[:-2].decode(errors="replace")
@@ -337,10 +372,7 @@ class Connection:
         raise ConnectionLost(f"Protocol Error: {line[:40]!r}")
 
     def close(self) -> None:
-        file, sock = self._file, self._sock
-        self._file = self._sock = None
-        if file is not None:
-            file.close()
+        sock, self._sock, self._buffer, self._pos = self._sock, None, b"", 0
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)

@@ -4,24 +4,22 @@ skip, too late, Redis down), hand a won fire to lockrun.supervisor, and close an
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import time
-from typing import TYPE_CHECKING
 
 from lockrun.client import LockClient
-from lockrun.config import Config
-from lockrun.durations import human_duration
+from lockrun.command import resolve_command
 from lockrun.errors import RedisUnavailable
 from lockrun.exitcodes import ExitCode
-from lockrun.output import Reporter
-from lockrun.process import SignalInbox, resolve_command
-from lockrun.protocol import Acquired, Lease, new_owner
+from lockrun.protocol import Lease, host_name, new_owner
+from lockrun.signals import SignalInbox
 from lockrun.state import SHOWN_FIRES, HostState, outage_line
-from lockrun.supervisor import Supervisor, give_back
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs its import on every fire: annotations only
+    from lockrun.config import Config
     from lockrun.monitor import Hooks
+    from lockrun.output import Reporter
+    from lockrun.protocol import Acquired
     from lockrun.schedule import Slot
 
 CHILD_ENV = ("LOCKRUN_KEY", "LOCKRUN_FIRE", "LOCKRUN_FENCE", "LOCKRUN_OWNER")
@@ -31,12 +29,12 @@ SECRET_ENV = ("LOCKRUN_REDIS_PASSWORD",)
 
 def child_environment(cfg: Config) -> dict[str, str]:
     """The job's environment: ours, minus lockrun's secrets, plus the fire's identity."""
-    from lockrun.output import redact
+    from lockrun.output import redact_url
 
     env = {k: v for k, v in os.environ.items() if k not in CHILD_ENV and k not in SECRET_ENV}
     _undo_locale_coercion(env)
     url = env.get("LOCKRUN_REDIS_URL")
-    if url is not None and redact(url) != url:
+    if url is not None and redact_url(url) != url:
         del env["LOCKRUN_REDIS_URL"]  # it carries a password
     env["LOCKRUN_KEY"] = cfg.key
     env["LOCKRUN_FIRE"] = cfg.fire
@@ -116,13 +114,17 @@ def run(cfg: Config, out: Reporter) -> int:
         env["LOCKRUN_OWNER"] = lease.owner
         if inbox.pending:  # told to stop before the job could start
             sig = inbox.pending[0]
-            give_back(lease, cfg, out, f"stop signal {signal.Signals(sig).name} before the "
-                                        "job started")
+            from lockrun.signals import signal_name
+            from lockrun.supervisor import give_back
+
+            give_back(lease, cfg, out, f"stop signal {signal_name(sig)} before the job started")
             return ExitCode.SIGNAL_BASE + sig
         lease_from = _still_ours(cfg, out, lease, claimed_at, state)
         if lease_from is None:
             hooks.redis_unusable()
             return cfg.error_exit_code
+        from lockrun.supervisor import Supervisor  # only the server that runs the fire
+
         return Supervisor(cfg, out, inbox, lease, lease_from, hooks, state).run(program, env)
     finally:
         inbox.close()
@@ -174,6 +176,8 @@ def _recover(cfg: Config, out: Reporter, client: LockClient, state: HostState) -
                  "finished meanwhile")
     if still_kept:
         what += f"; {still_kept} job end(s) could not be recorded yet and are kept"
+    from lockrun.durations import human_duration
+
     out.error(f"Redis at {redact(cfg.redis_url)} is usable again after "
               f"{human_duration(time.time() - outage.since)}; {what}")
 
@@ -250,8 +254,8 @@ def _hooks(cfg: Config, out: Reporter) -> Hooks | NoHooks:
 
 
 def _lease(cfg: Config, client: LockClient, guard: bool) -> Lease:
-    return Lease(client, cfg.key, cfg.fire, cfg.ttl_ms, guard, new_owner(), socket.gethostname(),
-                 cfg.key_prefix)
+    return Lease(client, key=cfg.key, fire=cfg.fire, ttl_ms=cfg.ttl_ms, guard=guard,
+                 owner=new_owner(), host=host_name(), prefix=cfg.key_prefix)
 
 
 def _too_late(cfg: Config, out: Reporter, slot: Slot, client: LockClient,
@@ -300,6 +304,8 @@ def _replicated(cfg: Config, out: Reporter, lease: Lease) -> bool:
         out.warning(f"{detail}; running {cfg.key} anyway (a failover now could lose the claim)")
         return True
     out.error(f"{detail}; not running {cfg.key} (--strict-replicas)")
+    from lockrun.supervisor import give_back
+
     give_back(lease, cfg, out, "too few replicas")
     return False
 
@@ -314,7 +320,7 @@ def _check_clock(cfg: Config, out: Reporter, skew: float, round_trip: float) -> 
     if cfg.max_skew > 0 and abs(skew) - round_trip / 2 > cfg.max_skew:
         direction = "ahead of" if skew > 0 else "behind"
         out.warning(f"this server's clock is {abs(skew):.1f}s {direction} the Redis server's "
-                    f"(--max-skew {cfg.max_skew:g}s): fix NTP on {socket.gethostname()}")
+                    f"(--max-skew {cfg.max_skew:g}s): fix NTP on {host_name()}")
 
 
 def _skip_reason(cfg: Config, acq: Acquired) -> str:
@@ -346,6 +352,8 @@ def _redis_down(cfg: Config, out: Reporter, exc: RedisUnavailable, program: str,
     if cfg.on_redis_error == "skip":
         return cfg.skip_exit_code
     if runs:
+        from lockrun.supervisor import Supervisor
+
         return Supervisor(cfg, out, inbox, None, time.monotonic(), hooks, state).run(program,
                                                                                      env)
     return exc.exit_code

@@ -17,9 +17,11 @@ memory at all.
 from __future__ import annotations
 
 import os
-import re
 import time
-from dataclasses import dataclass, field
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 REMINDER_EVERY = 3600.0
 """While an outage lasts, one reminder per this many seconds per server and user."""
@@ -63,24 +65,32 @@ def redis_slug(url: str) -> str:
     rest = rest.rpartition("@")[2] if sep else url
     rest = rest.split("?", 1)[0]
     text = f"{scheme}_{rest}" if sep else rest
-    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:150]
+    return "".join(c if c in _SLUG_CHARS else "_" for c in text[:150])
 
 
-@dataclass(frozen=True)
+_SLUG_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
 class KeptEnd:
     """A job end that could not be recorded in Redis, with what its record needs."""
 
-    prefix: str
-    key: str
-    fire: str
-    owner: str
-    host: str
-    fence: int
-    guard: bool
-    exit_code: int
-    outcome: str
-    ended_at: float
-    retention_s: float
+    __slots__ = ("ended_at", "exit_code", "fence", "fire", "guard", "host", "key", "outcome",
+                 "owner", "prefix", "retention_s")
+
+    def __init__(self, *, prefix: str, key: str, fire: str, owner: str, host: str, fence: int,
+                 guard: bool, exit_code: int, outcome: str, ended_at: float,
+                 retention_s: float) -> None:
+        self.prefix: Final = prefix
+        self.key: Final = key
+        self.fire: Final = fire
+        self.owner: Final = owner
+        self.host: Final = host
+        self.fence: Final = fence
+        self.guard: Final = guard
+        self.exit_code: Final = exit_code
+        self.outcome: Final = outcome
+        self.ended_at: Final = ended_at
+        self.retention_s: Final = retention_s
 
     def to_json(self) -> dict[str, object]:
         return {"prefix": self.prefix, "key": self.key, "fire": self.fire, "owner": self.owner,
@@ -93,23 +103,26 @@ class KeptEnd:
         if not isinstance(data, dict):
             return None
         try:
-            return cls(str(data["prefix"]), str(data["key"]), str(data["fire"]),
-                       str(data["owner"]), str(data["host"]), int(data["fence"]),
-                       bool(data["guard"]),
-                       int(data["exit"]), str(data["outcome"]), float(data["ended_at"]),
-                       float(data["retention_s"]))
+            return cls(prefix=str(data["prefix"]), key=str(data["key"]),
+                       fire=str(data["fire"]), owner=str(data["owner"]),
+                       host=str(data["host"]), fence=int(data["fence"]),
+                       guard=bool(data["guard"]), exit_code=int(data["exit"]),
+                       outcome=str(data["outcome"]), ended_at=float(data["ended_at"]),
+                       retention_s=float(data["retention_s"]))
         except (KeyError, TypeError, ValueError):
             return None
 
 
-@dataclass
 class Outage:
     """An outage file taken over by the lockrun that reached Redis again."""
 
-    since: float
-    missed: list[tuple[str, str]] = field(default_factory=list)
-    missed_uncounted: bool = False
-    ends: list[KeptEnd] = field(default_factory=list)
+    __slots__ = ("ends", "missed", "missed_uncounted", "since")
+
+    def __init__(self, since: float, missed_uncounted: bool = False) -> None:
+        self.since = since
+        self.missed: list[tuple[str, str]] = []
+        self.missed_uncounted = missed_uncounted
+        self.ends: list[KeptEnd] = []
 
 
 class HostState:
@@ -232,6 +245,8 @@ class HostState:
                 first = f.readline(200)
         except OSError:
             return None
+        import re  # only while an outage lasts
+
         match = re.match(rb'\{"since": ([0-9.]+)\}', first)
         return float(match.group(1)) if match else None
 

@@ -7,29 +7,36 @@ holds the child itself (spawn, process group, tree kill, terminal).
 
 from __future__ import annotations
 
-import signal
-import socket
 import time
-from typing import Protocol
 
-from lockrun.config import Config
 from lockrun.errors import LockrunError, PossibleDuplicate, RedisUnavailable
 from lockrun.exitcodes import ExitCode, from_wait_status
-from lockrun.output import Reporter
-from lockrun.process import Child, SignalInbox
-from lockrun.protocol import Lease
+from lockrun.process import Child
+from lockrun.protocol import host_name
 from lockrun.startup import long_lived
-from lockrun.state import HostState, KeptEnd, outage_line
+from lockrun.state import KeptEnd, outage_line
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+    from typing import Protocol
+
+    from lockrun.config import Config
+    from lockrun.output import Reporter
+    from lockrun.protocol import Lease
+    from lockrun.signals import SignalInbox
+    from lockrun.state import HostState
+
+    class JobHooks(Protocol):
+        """What the loop tells monitoring (lockrun.monitor.Hooks, or nothing at all)."""
+
+        def started(self, owner: str) -> None: ...
+
+        def finished(self, exit_code: int) -> None: ...
+else:
+    import _signal as signal  # see lockrun.signals
 
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT})
-
-
-class JobHooks(Protocol):
-    """What the loop tells monitoring (lockrun.monitor.Hooks, or nothing at all)."""
-
-    def started(self, owner: str) -> None: ...
-
-    def finished(self, exit_code: int) -> None: ...
 
 
 def give_back(lease: Lease, cfg: Config, out: Reporter, reason: str) -> None:
@@ -67,8 +74,9 @@ def release(lease: Lease, cfg: Config, out: Reporter, code: int, outcome: str,
 def kept_end(lease: Lease, cfg: Config, code: int, outcome: str) -> KeptEnd:
     """What the done record and the history need, to be written once Redis answers."""
     now = time.time()
-    return KeptEnd(lease.prefix, cfg.key, cfg.fire, lease.owner, lease.host, lease.fence,
-                   lease.guard, int(code), outcome, now, cfg.retention_ms(now) / 1000)
+    return KeptEnd(prefix=lease.prefix, key=cfg.key, fire=cfg.fire, owner=lease.owner,
+                   host=lease.host, fence=lease.fence, guard=lease.guard, exit_code=int(code),
+                   outcome=outcome, ended_at=now, retention_s=cfg.retention_ms(now) / 1000)
 
 
 class Supervisor:
@@ -147,7 +155,7 @@ class Supervisor:
             release(self.lease, cfg, self.out, int(code), outcome, self.state)
         if cfg.mail_on_failure and code != 0 and not self.timed_out:  # a timeout said so
             # cron mails output only: a job that fails silently would go unnoticed
-            self.out.error(f"{cfg.key} fire {cfg.fire} failed on {socket.gethostname()} with "
+            self.out.error(f"{cfg.key} fire {cfg.fire} failed on {host_name()} with "
                            f"exit status {int(code)}")
         self.hooks.finished(int(code))
         return int(code)

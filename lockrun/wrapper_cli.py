@@ -9,14 +9,17 @@ in lockrun.optiontable.invocation, the same for both parsers.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from lockrun import __version__
 from lockrun.configfile import EXTRA_SETTINGS, FileSettings, load
 from lockrun.options import apply, click_option, password
-from lockrun.optiontable import WRAPPER, Invocation, Value, invocation, option_kinds
+from lockrun.optiontable import WRAPPER, Invocation, invocation, option_kinds
+
+if TYPE_CHECKING:
+    from lockrun.optiontable import Value
 
 CONTEXT = {
     "help_option_names": ["-h", "--help"],

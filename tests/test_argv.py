@@ -9,13 +9,13 @@ parser return None, and the installed lockrun must then print click's message.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import pytest
@@ -25,7 +25,10 @@ from lockrun import argv, wrapper_cli
 from lockrun.cli import _with_click
 from lockrun.config import Config
 from lockrun.errors import LockrunError, UsageError
-from lockrun.optiontable import BY_NAME, CONFIG_FIELDS, KIND_TYPES, WRAPPER, Option, Value
+from lockrun.optiontable import BY_NAME, CONFIG_FIELDS, KIND_TYPES, WRAPPER, Option
+
+if TYPE_CHECKING:
+    from lockrun.optiontable import Value
 from lockrun.output import Reporter
 
 NOW = 1_795_000_000.0
@@ -439,16 +442,18 @@ def test_click_has_exactly_the_tables_options() -> None:
 
 def test_defaults_are_configs() -> None:
     """The table's defaults are Config's, and click's spelling of each converts back to it."""
-    config_defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    config_defaults = Config.defaults()
+    assert config_defaults["ttl"] == 60.0 and "key" not in config_defaults
     for option in WRAPPER:
-        if config_defaults.get(option.name, dataclasses.MISSING) is not dataclasses.MISSING:
+        if option.name in config_defaults:
             assert option.value_default == config_defaults[option.name], option.name
         assert option.convert(option.click_default) == option.value_default, option.name
 
 
 def test_each_kind_converts_to_its_config_fields_type() -> None:
     """Config takes the values by name; its annotations must be what each kind returns."""
-    annotations = {f.name: str(f.type) for f in dataclasses.fields(Config)}
+    annotations = dict(Config.__init__.__annotations__)
+    assert annotations["timeout"] == "float | None"
     for name in CONFIG_FIELDS:
         kind_type = KIND_TYPES[BY_NAME[name].kind].__name__
         assert annotations[name] in (kind_type, f"{kind_type} | None"), name

@@ -52,11 +52,13 @@ def test_every_environment_variable_in_help_is_in_the_man_page() -> None:
 
 
 def test_every_exit_code_is_in_both_tables() -> None:
-    for code in ExitCode:
+    codes = ExitCode.members()
+    assert len(codes) == 9 and codes["USAGE"] == 64
+    for name, code in codes.items():
         if code in (ExitCode.OK, ExitCode.SIGNAL_BASE):
             continue
-        assert re.search(rf"^\| {int(code)}\b", README, re.M), f"{code!r} missing from README"
-        assert re.search(rf"^\.B[RI]? {int(code)}\b", MAN, re.M), f"{code!r} missing from man page"
+        assert re.search(rf"^\| {code}\b", README, re.M), f"{name} missing from README"
+        assert re.search(rf"^\.B[RI]? {code}\b", MAN, re.M), f"{name} missing from man page"
 
 
 def test_ci_runs_the_readme_test_command_exactly() -> None:

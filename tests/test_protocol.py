@@ -17,7 +17,8 @@ pytestmark = pytest.mark.usefixtures("transport")  # each test over lockrun.resp
 def lease(server: RedisServer, key: str, fire: str = "f1", ttl_ms: int = 10_000,
           guard: bool = True, owner: str | None = None) -> Lease:
     client = LockClient(server.url, timeout=2, error_exit_code=75)
-    return Lease(client, key, fire, ttl_ms, guard, owner or new_owner(), "testhost")
+    return Lease(client, key=key, fire=fire, ttl_ms=ttl_ms, guard=guard, owner=owner or new_owner(),
+                 host="testhost")
 
 
 def test_only_one_of_many_contenders_wins_a_fire(redis_server: RedisServer, key: str) -> None:
@@ -163,7 +164,8 @@ def test_acquire_retries_a_connection_dropped_mid_call(
 def test_unreachable_redis_raises_with_the_configured_code(tmp_path: object) -> None:
     client = LockClient("redis://127.0.0.1:1/0", timeout=1, error_exit_code=99)
     with pytest.raises(RedisUnavailable) as err:
-        Lease(client, "k", "f", 1000, True, new_owner(), "h").acquire()
+        Lease(client, key="k", fire="f", ttl_ms=1000, guard=True, owner=new_owner(),
+              host="h").acquire()
     assert err.value.exit_code == 99
     assert "127.0.0.1:1" in str(err.value)
 

@@ -158,7 +158,7 @@ def test_the_command_search_finds_what_shutil_which_finds(tmp_path: Path) -> Non
     import os
     import shutil
 
-    from lockrun.process import _which
+    from lockrun.command import _which
 
     exe, plain, sub = tmp_path / "bin" / "tool", tmp_path / "other" / "tool", tmp_path / "dir"
     for f in (exe, plain):
