@@ -117,3 +117,48 @@ def test_a_fire_with_a_configuration_file_imports_no_click(redis_server: RedisSe
     modules = imported(args, env)
     assert {"lockrun.runner", "tomllib"} <= modules  # the measurement works: the file was read
     assert "click" not in modules
+
+
+# What lockrun itself imports, with no site and no PYTHON* variables, as install.sh's
+# launcher runs it (python -IS): the measurement above runs under site, which imports
+# much of this list for itself and would hide it.
+HEAVY_STDLIB = {"typing", "dataclasses", "inspect", "enum", "re", "socket", "signal",
+                "subprocess", "threading", "selectors", "collections", "functools", "json",
+                "urllib.parse", "pathlib", "hashlib", "random", "datetime", "contextlib"}
+"""Each costs from 1 to 25 ms of CPU at import: together several times what a skip may
+cost (issue 12: 2x the interpreter's start). The core uses the C modules below socket
+and signal, annotations only under TYPE_CHECKING, and hand-written checks for regexes."""
+RUN_ONLY = {"lockrun.supervisor", "lockrun.process", "ctypes"}
+"""What only the server that runs the job needs (prctl through ctypes, the wait loop)."""
+
+
+def lean_imports(args: list[str], env: dict[str, str]) -> set[str]:
+    """The modules a fire imports under ``python -I -S``, lockrun found on sys.path."""
+    root = str(Path(__file__).resolve().parent.parent)
+    code = ("import sys; sys.path.insert(0, %r); sys.argv = ['lockrun', *%r]; "
+            "from lockrun.entry import main; main()" % (root, args))
+    r = subprocess.run([sys.executable, "-I", "-S", "-X", "importtime", "-c", code], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return {line.split("|")[-1].strip() for line in r.stderr.splitlines()
+            if line.startswith("import time:") and "|" in line}
+
+
+@pytest.mark.parametrize("acl", [False, True], ids=["no-password", "acl-user"])
+@pytest.mark.parametrize("scheme", ["unix", "redis"])
+def test_a_fire_imports_no_heavy_stdlib_module(own_redis: RedisServer, key: str, scheme: str,
+                                               acl: bool) -> None:
+    url = own_redis.url if scheme == "unix" else own_redis.tcp_url
+    if acl:
+        own_redis.client().execute_command(  # type: ignore[no-untyped-call]
+            "ACL", "SETUSER", "bench", "on", ">s3cr%t", "~lockrun:*", "+@all")
+        url = url.replace("://", "://bench:s3cr%25t@", 1)
+    args = ["-k", key, "--fire", "f1", "--", "true"]
+    ran = lean_imports(args, lockrun_env(url))
+    skipped = lean_imports(args, lockrun_env(url))
+    fire = own_redis.client().hgetall(f"lockrun:{{{key}}}:fire:f1")
+    assert fire.get("state") == "done" and fire.get("exit") == "0"  # it ran, then skipped
+    assert {"lockrun.runner", "lockrun.resp", "_socket"} <= skipped  # the measurement works
+    assert RUN_ONLY <= ran
+    assert not skipped & (HEAVY_STDLIB | RUN_ONLY), skipped & (HEAVY_STDLIB | RUN_ONLY)
+    assert not ran & HEAVY_STDLIB, ran & HEAVY_STDLIB

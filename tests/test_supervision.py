@@ -130,6 +130,24 @@ def test_child_streams_are_inherited_not_buffered(redis_server: RedisServer, key
     assert proc.stdout.read() == "from stdin\n"
 
 
+def test_the_job_starts_with_default_signals_and_only_its_standard_streams(
+        redis_server: RedisServer, key: str) -> None:
+    """What Popen(restore_signals=True, close_fds=True) gave the job, lockrun's own spawn
+    gives too: Python ignores SIGPIPE and SIGXFSZ, and a job that inherited that would
+    see EPIPE instead of dying quietly at the end of a pipe (``yes | head``); lockrun's
+    Redis socket and signal pipe must not leak into the job either."""
+    r = run_lockrun("-k", key, "--", "sh", "-c",
+                    "grep '^SigIgn' /proc/$$/status; ls /proc/$$/fd; yes | head -n 1",
+                    url=redis_server.url)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split()
+    ignored = int(lines[1], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1)), "the job inherited SIGPIPE ignored"
+    assert not ignored & (1 << (signal.SIGXFSZ - 1)), "the job inherited SIGXFSZ ignored"
+    assert lines[2:-1] == ["0", "1", "2"], f"descriptors leaked into the job: {lines[2:-1]}"
+    assert lines[-1] == "y" and r.stderr == ""  # yes died of SIGPIPE, without a word
+
+
 def test_child_environment(redis_server: RedisServer, key: str) -> None:
     env = lockrun_env(redis_server.url, LOCKRUN_FENCE="stale", LOCKRUN_OWNER="stale",
                       MY_VAR="kept")
@@ -275,7 +293,7 @@ def test_a_python_program_running_lockrun_keeps_its_own_signal_handlers(
 
 STORM = """
 import os, signal
-from lockrun.process import MAX_PENDING, SignalInbox
+from lockrun.signals import MAX_PENDING, SignalInbox
 
 inbox = SignalInbox()
 os.kill(os.getpid(), signal.SIGTERM)
