@@ -25,8 +25,8 @@ from lockrun.redisurl import RedisURL
 from lockrun.resp import ConnectionLost, NoScript, ServerError, Timeout, TransportError
 
 if TYPE_CHECKING:
-    from lockrun.resp import Arg
     from lockrun.redisurl import TlsFiles
+    from lockrun.resp import Arg
     from lockrun.sentinel import PrimarySession
 
 CLIENT_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)

@@ -135,8 +135,8 @@ RUN_ONLY = {"lockrun.supervisor", "lockrun.process", "ctypes"}
 def lean_imports(args: list[str], env: dict[str, str]) -> set[str]:
     """The modules a fire imports under ``python -I -S``, lockrun found on sys.path."""
     root = str(Path(__file__).resolve().parent.parent)
-    code = ("import sys; sys.path.insert(0, %r); sys.argv = ['lockrun', *%r]; "
-            "from lockrun.entry import main; main()" % (root, args))
+    code = (f"import sys; sys.path.insert(0, {root!r}); sys.argv = ['lockrun', *{args!r}]; "
+            "from lockrun.entry import main; main()")
     r = subprocess.run([sys.executable, "-I", "-S", "-X", "importtime", "-c", code], env=env,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]
