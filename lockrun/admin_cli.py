@@ -35,7 +35,7 @@ def _admin(options: dict[str, Any]) -> Any:
     from lockrun.admin import Admin
     from lockrun.client import LockClient
 
-    client = LockClient(options["redis_url"], options["redis_timeout"], 75,
+    client = LockClient(options["redis_url"], options["redis_timeout"],
                         password(click.get_current_context().obj), tls_files(options))
     return Admin(client, options["key_prefix"])
 
@@ -204,7 +204,7 @@ def doctor(max_skew: float, as_json: bool, **options: Any) -> None:
     from lockrun.hostcheck import file_checks
 
     settings = click.get_current_context().obj
-    client = LockClient(options["redis_url"], options["redis_timeout"], 75, password(settings),
+    client = LockClient(options["redis_url"], options["redis_timeout"], password(settings),
                         _doctor_tls(options))
     checks = run_checks(client, options["key_prefix"], max_skew)
     if isinstance(settings, FileSettings):

@@ -146,15 +146,14 @@ class LockClient:
     loop that outlasts the lease, would both be worse.
     """
 
-    def __init__(self, url: str, timeout: float, error_exit_code: int,
-                 password: str | None = None, tls: TlsFiles | None = None) -> None:
+    def __init__(self, url: str, timeout: float, password: str | None = None,
+                 tls: TlsFiles | None = None) -> None:
         try:
             parsed = parse_redis_url(url)
         except UsageError as exc:  # the CLI checked it already; this is for other callers
             raise UsageError(f"invalid --redis-url {exc}") from None
         self.url = parsed.shown  # for messages only: the password is ***
         self.timeout = timeout
-        self.error_exit_code = error_exit_code
         self._shas: dict[str, str] = {}
         self.follows_sentinel = parsed.scheme == "redis+sentinel"
         self.cluster = parsed.scheme == "redis+cluster"
@@ -207,9 +206,7 @@ class LockClient:
                       if " : " in text else f"the sentinels know no healthy primary for "
                       f"service {service}")
         return RedisUnavailable(
-            f"cannot use Redis at {redact(self.url)}: {redact(detail)}",
-            self.error_exit_code,
-        )
+            f"cannot use Redis at {redact(self.url)}: {redact(detail)}")
 
     def command(self, *args: str | int) -> Any:
         """One plain command (admin verbs and doctor), with the same error mapping."""
@@ -268,8 +265,7 @@ class LockClient:
             if denied:
                 raise RedisUnavailable(
                     f"Redis at {redact(self.url)} refused lockrun's script: the user may not "
-                    f"run {denied} (grant +{denied.lower()} on keys matching the prefix)",
-                    self.error_exit_code) from exc
+                    f"run {denied} (grant +{denied.lower()} on keys matching the prefix)") from exc
             unavailable = self.unavailable(exc)
             # a timeout after the connection was made: the script may have run
             unavailable.reply_lost = isinstance(exc, Timeout) and not exc.connecting

@@ -18,19 +18,17 @@ class UsageError(LockrunError):
 class RedisUnavailable(LockrunError):
     """Redis could not be reached or refused the script.
 
-    Carries the configured ``--error-exit-code`` on the instance, because that
-    code is the user's to choose.
+    Its exit status is the default one; a fire exits with its own
+    ``--error-exit-code`` instead (lockrun.runner), which the Redis client
+    never needs to know.
     """
 
     exit_code: int = ExitCode.REDIS_UNAVAILABLE
     reply_lost: bool = False
     """The request was sent but no reply came: a script may have run all the same."""
 
-    def __init__(self, message: str, exit_code: int | None = None,
-                 reply_lost: bool = False) -> None:
+    def __init__(self, message: str, reply_lost: bool = False) -> None:
         super().__init__(message)
-        if exit_code is not None:
-            self.exit_code = exit_code
         self.reply_lost = reply_lost
 
 

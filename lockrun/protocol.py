@@ -293,7 +293,7 @@ class Lease:
             raise RedisUnavailable(
                 f"Redis at {redact(self.client.url)} is a replica, not a primary: lockrun "
                 "claims fires only on a primary (point --redis-url at the primary, or use "
-                "redis+sentinel://)", self.client.error_exit_code)
+                "redis+sentinel://)")
         if result.won:
             self.fence = result.fence
         return result
@@ -307,7 +307,7 @@ class Lease:
         if r[0] == "replica":
             raise RedisUnavailable(
                 f"Redis at {redact(self.client.url)} answered as a replica: cannot renew the "
-                "lease there", self.client.error_exit_code)
+                "lease there")
         return Renewed(r[0] == "ok", whole(r[1]), str(r[2]))
 
     def record_miss(self, retention_ms: int, late_ms: int) -> bool:
@@ -339,7 +339,7 @@ class Lease:
         if r[0] == "replica":
             raise RedisUnavailable(
                 f"Redis at {redact(self.client.url)} answered as a replica: cannot record "
-                "the end there", self.client.error_exit_code)
+                "the end there")
         return bool(r[0] == "ok")
 
     def _release_confirmed(self, keys: list[str], args: list[str | int]) -> bool:
@@ -406,8 +406,7 @@ class Lease:
                           f"it within {wait_ms} ms")
             targets = list(acked.silent)
         if not written:  # every primary we reached had turned replica: nothing recorded
-            raise RedisUnavailable(f"cannot record the end: {doubt}",
-                                   self.client.error_exit_code)
+            raise RedisUnavailable(f"cannot record the end: {doubt}")
         if targets and not doubt:
             doubt = "the primary kept changing"
         if short > 0 and not doubt:
@@ -427,8 +426,7 @@ class Lease:
         raise PossibleDuplicate(
             f"possible duplicate run of {self.key} fire {self.fire}: its end was recorded on "
             f"{', '.join(written)}, but {doubt} (a failover under way?); a "
-            "server that tries this fire after its claim expires may run it again",
-            self.client.error_exit_code)
+            "server that tries this fire after its claim expires may run it again")
 
 
 RELEASE_STEPS = 6
@@ -484,5 +482,5 @@ def record_kept_end(client: LockClient, end: KeptEnd) -> str:
     if r[0] == "replica":
         raise RedisUnavailable(
             f"Redis at {redact(client.url)} answered as a replica: cannot record a kept end "
-            "there", client.error_exit_code)
+            "there")
     return str(r[0])

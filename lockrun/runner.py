@@ -64,11 +64,18 @@ def _undo_locale_coercion(env: dict[str, str]) -> None:
 
 def run(cfg: Config, out: Reporter) -> int:
     """Return the exit status for the whole invocation (see exitcodes.ExitCode)."""
+    try:
+        return _run(cfg, out)
+    except RedisUnavailable as exc:  # every path says its own line; this is a safety net
+        out.error(str(exc))
+        return cfg.error_exit_code
+
+
+def _run(cfg: Config, out: Reporter) -> int:
     hooks = _hooks(cfg, out)
     env = child_environment(cfg)
     program = resolve_command(cfg.command, env)
-    client = LockClient(cfg.redis_url, cfg.redis_timeout, cfg.error_exit_code,
-                        cfg.redis_password, cfg.tls)
+    client = LockClient(cfg.redis_url, cfg.redis_timeout, cfg.redis_password, cfg.tls)
     state = host_state(cfg)
     out.notices = state
     if cfg.slot is not None and time.time() - cfg.slot.fire > cfg.grace:
@@ -282,7 +289,7 @@ def _too_late(cfg: Config, out: Reporter, slot: Slot, client: LockClient,
                             "running it")
         if line:
             out.error(line)
-        return exc.exit_code if cfg.on_redis_error == "fail" else cfg.skip_exit_code
+        return cfg.error_exit_code if cfg.on_redis_error == "fail" else cfg.skip_exit_code
     state.redis_ok()
     hooks.skipped()
     return cfg.skip_exit_code
@@ -356,6 +363,6 @@ def _redis_down(cfg: Config, out: Reporter, exc: RedisUnavailable, program: str,
 
         return Supervisor(cfg, out, inbox, None, time.monotonic(), hooks, state).run(program,
                                                                                      env)
-    return exc.exit_code
+    return cfg.error_exit_code
 
 

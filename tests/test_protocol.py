@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("transport")  # each test over lockrun.resp
 
 def lease(server: RedisServer, key: str, fire: str = "f1", ttl_ms: int = 10_000,
           guard: bool = True, owner: str | None = None) -> Lease:
-    client = LockClient(server.url, timeout=2, error_exit_code=75)
+    client = LockClient(server.url, timeout=2)
     return Lease(client, key=key, fire=fire, ttl_ms=ttl_ms, guard=guard, owner=owner or new_owner(),
                  host="testhost")
 
@@ -161,12 +161,14 @@ def test_acquire_retries_a_connection_dropped_mid_call(
     assert result.won
 
 
-def test_unreachable_redis_raises_with_the_configured_code(tmp_path: object) -> None:
-    client = LockClient("redis://127.0.0.1:1/0", timeout=1, error_exit_code=99)
+def test_unreachable_redis_raises_redis_unavailable(tmp_path: object) -> None:
+    """The client knows no exit codes: a fire's --error-exit-code is the runner's
+    (tests/test_exit_codes.py and test_exit_contract.py check it end to end)."""
+    client = LockClient("redis://127.0.0.1:1/0", timeout=1)
     with pytest.raises(RedisUnavailable) as err:
         Lease(client, key="k", fire="f", ttl_ms=1000, guard=True, owner=new_owner(),
               host="h").acquire()
-    assert err.value.exit_code == 99
+    assert err.value.exit_code == 75 and not err.value.reply_lost
     assert "127.0.0.1:1" in str(err.value)
 
 

@@ -99,7 +99,7 @@ def outcome(transport: str, url: str, monkeypatch: pytest.MonkeyPatch,
             tls: TlsFiles | None = None) -> Outcome:
     """What an acquire over *transport* ends with."""
     monkeypatch.setenv("LOCKRUN_TRANSPORT", transport)
-    client = LockClient(url, timeout=0.5, error_exit_code=75, tls=tls)
+    client = LockClient(url, timeout=0.5, tls=tls)
     k = job_keys(f"same-{transport}", "f1")  # a failed script may leave writes behind
     try:
         client.call(ACQUIRE.source, *ACQUIRE.bind(
@@ -231,7 +231,7 @@ def test_plain_commands_come_back_in_the_same_shapes(redis_server: RedisServer, 
     answers = []
     for transport in TRANSPORTS:
         monkeypatch.setenv("LOCKRUN_TRANSPORT", transport)
-        c = LockClient(redis_server.url, timeout=2, error_exit_code=75)
+        c = LockClient(redis_server.url, timeout=2)
         try:
             answers.append((c.hgetall(f"{key}:h"), c.hgetall(f"{key}:none"),
                             c.command("XRANGE", f"{key}:s", "-", "+", "COUNT", 10),
