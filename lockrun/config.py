@@ -6,10 +6,16 @@ from lockrun.output import Verbosity
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # neither is needed unless --schedule or TLS is used
-    from typing import Final
+    from typing import Final, Literal, TypeAlias
 
     from lockrun.redisurl import TlsFiles
     from lockrun.schedule import Slot
+
+    # The choice options' words (tests/test_argv.py checks them against the table).
+    Overlap: TypeAlias = Literal["skip", "allow"]
+    OnRedisError: TypeAlias = Literal["fail", "skip", "run"]
+    OnLost: TypeAlias = Literal["warn", "kill"]
+
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 
@@ -65,10 +71,10 @@ class Config:
         ttl: float = 60.0,
         redis_url: str = DEFAULT_REDIS_URL,
         redis_timeout: float = 2.0,
-        overlap: str = "skip",
+        overlap: Overlap = "skip",
         retention: float = 86400.0,
-        on_redis_error: str = "fail",
-        on_lost: str = "warn",
+        on_redis_error: OnRedisError = "fail",
+        on_lost: OnLost = "warn",
         timeout: float | None = None,
         kill_after: float = 10.0,
         skip_exit_code: int = 0,

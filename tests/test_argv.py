@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -454,8 +455,16 @@ def test_each_kind_converts_to_its_config_fields_type() -> None:
     """Config takes the values by name; its annotations must be what each kind returns."""
     annotations = dict(Config.__init__.__annotations__)
     assert annotations["timeout"] == "float | None"
+    source = (Path(__file__).resolve().parent.parent / "lockrun" / "config.py").read_text()
+    literals = dict(re.findall(r"^    (\w+): TypeAlias = Literal\[(.*)\]$", source, re.M))
+    assert set(literals) == {"Overlap", "OnRedisError", "OnLost"}
     for name in CONFIG_FIELDS:
-        kind_type = KIND_TYPES[BY_NAME[name].kind].__name__
+        option = BY_NAME[name]
+        if option.kind == "choice":  # a Literal of exactly the table's words
+            words = literals[annotations[name]]
+            assert tuple(w.strip().strip('"') for w in words.split(",")) == option.choices, name
+            continue
+        kind_type = KIND_TYPES[option.kind].__name__
         assert annotations[name] in (kind_type, f"{kind_type} | None"), name
 
 
