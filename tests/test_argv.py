@@ -451,6 +451,20 @@ def test_defaults_are_configs() -> None:
         assert option.convert(option.click_default) == option.value_default, option.name
 
 
+def test_the_defaults_help_shows_are_the_real_ones() -> None:
+    """--help's "[default: X]" is written by hand in the table: it must convert to the
+    default the parsers use, and every option with a default must show one."""
+    for option in WRAPPER:
+        match = re.search(r"\[default: ([^\]]*)\]", option.help)
+        if option.kind == "flag" or option.value_default is None:
+            continue
+        assert match is not None, f"--help shows no default for {option.name}"
+        shown = match.group(1)
+        if shown.startswith(("the ", "/")):  # described in words: there is no one value
+            continue
+        assert option.convert(shown) == option.value_default, option.name
+
+
 def test_each_kind_converts_to_its_config_fields_type() -> None:
     """Config takes the values by name; its annotations must be what each kind returns."""
     annotations = dict(Config.__init__.__annotations__)
