@@ -18,7 +18,7 @@ import time
 from lockrun.errors import RedisUnavailable, UsageError
 from lockrun.output import redact
 from lockrun.redisurl import parse as parse_redis_url
-from lockrun.resp import NoScript, Timeout, TransportError
+from lockrun.resp import NoScript, ServerError, Timeout, TransportError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs its import on every fire: annotations only
@@ -289,7 +289,10 @@ class LockClient:
                 return self.call(script, keys, args)
             except RedisUnavailable as exc:
                 cause = exc.__cause__
-                retriable = isinstance(cause, TransportError) and cause.dropped
+                # A reply that closes the connection (a wrong password, too many clients)
+                # came from a server that said no: asking again only repeats the refusal.
+                retriable = isinstance(cause, TransportError) and cause.dropped \
+                    and not isinstance(cause, ServerError)
                 if not retriable or attempt == attempts - 1:
                     raise
                 time.sleep(0.05 * (attempt + 1))

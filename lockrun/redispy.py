@@ -39,6 +39,8 @@ def translate(exc: Exception) -> TransportError:
         return NoScript(text, "NOSCRIPT")
     if isinstance(exc, redis.exceptions.TimeoutError):
         return Timeout(text, connecting="connecting" in text)
+    if isinstance(exc, redis.exceptions.AuthenticationError):  # a refusal, as lockrun.resp's
+        return ServerError(text, "WRONGPASS", dropped=True)
     if isinstance(exc, redis.exceptions.ConnectionError):
         return ConnectionLost(text)
     if isinstance(exc, redis.exceptions.ResponseError):

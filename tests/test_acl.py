@@ -171,6 +171,18 @@ def test_the_documented_acl_user_runs_every_feature(setup: Setup) -> None:
     assert not failed, "\n".join(f"{name}: {problem}" for name, problem in failed.items())
 
 
+def test_a_wrong_password_is_sent_once(setup: Setup) -> None:
+    """A refused AUTH will be refused again: no retry, one line, exit 75."""
+    _create_user(setup.server, documented_acl())
+    client = setup.server.client()
+    client.config_resetstat()
+    r = run_lockrun("-k", setup.key, "--", "sh", "-c", "echo ran",
+                    url=f"unix://lockrun:wrong@{setup.server.socket}")
+    assert r.returncode == 75 and r.stdout == ""
+    assert "invalid username-password pair" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert client.info("commandstats")["cmdstat_auth"]["calls"] == 1
+
+
 def test_a_missing_permission_is_named_in_the_error_line(setup: Setup) -> None:
     _create_user(setup.server, [r for r in documented_acl() if r != "+xadd"])
     r = setup.lockrun("-k", setup.key, "--fire", "f2", "--", "true")
