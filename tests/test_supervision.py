@@ -135,10 +135,19 @@ def test_the_job_starts_with_default_signals_and_only_its_standard_streams(
     """What Popen(restore_signals=True, close_fds=True) gave the job, lockrun's own spawn
     gives too: Python ignores SIGPIPE and SIGXFSZ, and a job that inherited that would
     see EPIPE instead of dying quietly at the end of a pipe (``yes | head``); lockrun's
-    Redis socket and signal pipe must not leak into the job either."""
-    r = run_lockrun("-k", key, "--", "sh", "-c",
-                    "grep '^SigIgn' /proc/$$/status; ls /proc/$$/fd; yes | head -n 1",
-                    url=redis_server.url)
+    Redis socket and signal pipe must not leak into the job either, nor a descriptor
+    lockrun itself inherited (cron's, or a careless parent's)."""
+    read_end, write_end = os.pipe()
+    try:
+        r = subprocess.run(
+            [str(LOCKRUN), "-k", key, "--", "sh", "-c",
+             "grep '^SigIgn' /proc/$$/status; ls /proc/$$/fd; yes | head -n 1"],
+            env=lockrun_env(redis_server.url), capture_output=True, text=True, timeout=60,
+            # one below whatever lockrun opens (3) and one above it (40)
+            close_fds=False, preexec_fn=lambda: (os.dup2(read_end, 3), os.dup2(write_end, 40)))
+    finally:
+        os.close(read_end)
+        os.close(write_end)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.split()
     ignored = int(lines[1], 16)
