@@ -171,3 +171,14 @@ def test_the_command_search_finds_what_shutil_which_finds(tmp_path: Path) -> Non
         for mode in (os.X_OK, os.F_OK):
             assert _which("tool", path, mode) == shutil.which("tool", mode=mode, path=path), \
                 (path, mode)
+
+
+def test_signal_names_are_signal_modules_without_importing_it() -> None:
+    """lockrun.signals reads names off _signal (signal.py builds enums at import)."""
+    import signal
+
+    from lockrun.signals import signal_name
+
+    for sig in signal.Signals:
+        assert signal_name(sig.value) == sig.name
+    assert signal_name(0) == "signal 0"
