@@ -20,11 +20,18 @@ whether a timeout came after the command may have reached the server.
 
 from __future__ import annotations
 
+import time
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
     import ssl
+    from collections.abc import Sequence
     from typing import Final, TypeAlias
+
+    _AddrInfo: TypeAlias = tuple[socket.AddressFamily, socket.SocketKind, int, str,
+                                 tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes]]
+    """One row of getaddrinfo, as typeshed gives it (at run time _socket's are ints)."""
 
     Arg: TypeAlias = "str | int | float | bytes"
     Reply: TypeAlias = "str | int | list[Reply] | ServerError | None"
@@ -206,15 +213,17 @@ class Connection:
         module = socket
         if e.tls is not None:
             import socket as module  # what ssl wraps (it imports it anyway)
-        # bytes: a str host goes through the "idna" codec, whose import (re, stringprep,
-        # unicodedata) costs more than the connection; the checked host is ASCII anyway
-        host = e.host.encode("ascii")
-        for family, kind, proto, _, address in module.getaddrinfo(host, e.port, 0,
-                                                                   module.SOCK_STREAM):
+        # The whole connect, name lookup included, fits in one timeout: a renewal that
+        # reconnects must come back in time to renew again, or to notice the loss.
+        deadline = time.monotonic() + self.timeout
+        for family, kind, proto, _, address in _lookup(e.host, e.port, self.timeout):
             sock = module.socket(family, kind, proto)
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.settimeout(self.timeout)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("connect")
+                sock.settimeout(left)
                 sock.connect(address)
                 if e.tls is not None:
                     sock = _tls_context(e.tls).wrap_socket(sock, server_hostname=e.host)
@@ -379,6 +388,56 @@ class Connection:
             except OSError:
                 pass
             sock.close()
+
+
+def _lookup(host: str, port: int, timeout: float) -> Sequence[_AddrInfo]:
+    """getaddrinfo, given at most *timeout* seconds.
+
+    The C library's lookup ignores socket timeouts: with a DNS server that does
+    not answer it blocks for resolv.conf's timeout times its attempts, and
+    inside the supervision loop that is a loop that can neither renew, nor see
+    the lease expire, nor stop the job. A name is looked up on a thread of its
+    own (``_thread``: built in, no import), left behind if it does not finish
+    in time; an address needs no lookup. The host is passed as bytes: a str
+    goes through the "idna" codec, whose import (re, stringprep, unicodedata)
+    costs more than the connection, and the checked host is ASCII anyway.
+    """
+    name = host.encode("ascii")
+    if _is_address(host):
+        return socket.getaddrinfo(name, port, 0, socket.SOCK_STREAM)
+    import _thread
+
+    done = _thread.allocate_lock()
+    done.acquire()
+    box: list[object] = []
+
+    def lookup() -> None:
+        try:
+            box.append(socket.getaddrinfo(name, port, 0, socket.SOCK_STREAM))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box.append(exc)
+        finally:
+            done.release()
+
+    _thread.start_new_thread(lookup, ())
+    if not done.acquire(timeout=max(timeout, 0.001)):
+        raise TimeoutError(f"looking up {host}")
+    result = box[0]
+    if isinstance(result, BaseException):
+        raise result
+    addresses: Sequence[_AddrInfo] = result  # type: ignore[assignment]  # getaddrinfo's
+    return addresses
+
+
+def _is_address(host: str) -> bool:
+    """An IPv4 or IPv6 address: getaddrinfo answers it without asking anyone."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return True
+    return False
 
 
 def _tls_context(files: tuple[str | None, str | None, str | None]) -> ssl.SSLContext:
