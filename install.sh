@@ -36,6 +36,10 @@ into its own virtualenv, link the lockrun command onto PATH and install
 the lockrun(1) man page. Safe to run again: it reuses the virtualenv,
 upgrades the package and re-creates the link.
 
+The command is lockrun's own launcher, not pip's console script: it runs the
+virtualenv's python with -I -S, so no PYTHON* variable of a cron environment
+reaches lockrun, and a fire does not pay for Python's site start-up.
+
 Options:
   --prefix DIR    install under DIR; the virtualenv is DIR/venv
                   [default: /opt/lockrun]
@@ -95,6 +99,9 @@ cleanup() {
     fi
     if [ -n "${CONF_TMP:-}" ]; then
         rm -f -- "$CONF_TMP"
+    fi
+    if [ -n "${LAUNCHER_TMP:-}" ]; then
+        rm -f -- "$LAUNCHER_TMP"
     fi
 }
 trap cleanup EXIT
@@ -314,9 +321,75 @@ install_package() {
     fi
     stage_source
     echo "Installing lockrun from $SRC_DIR with pip ..."
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "$STAGE_DIR" ||
+    # --compile (pip's default, made explicit against a PIP_NO_COMPILE in the environment
+    # or pip.conf): every module gets its .pyc now, so no fire ever compiles one.
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --compile --upgrade \
+        "$STAGE_DIR" ||
         die "pip install of $SRC_DIR into $VENV failed (see pip's messages above)"
     [ -x "$VENV/bin/lockrun" ] || die "pip did not create $VENV/bin/lockrun"
+    # pip has just (re)written its console script: replace it, on every install and upgrade.
+    write_launcher
+}
+
+# $VENV/bin/lockrun: lockrun's own launcher in place of pip's console script. pip's runs
+# "$VENV/bin/python" with site, whose start-up (site-packages scan, .pth files) is most
+# of what a skipped fire costs; the launcher runs the venv's python with -I -S and puts
+# the site-packages directories on sys.path itself. They are taken from sysconfig here,
+# by the venv's python with site, because under -S its sys.prefix is the base
+# interpreter's, not the venv's. The new file is renamed over the old one, so a fire
+# that starts during an upgrade runs either launcher whole.
+LAUNCHER_TMP=
+write_launcher() {
+    local python3=$VENV/bin/python3 launcher=$VENV/bin/lockrun
+    [ -x "$python3" ] || die "$python3 is missing: the virtualenv $VENV is incomplete"
+    LAUNCHER_TMP=$(mktemp "$VENV/bin/.lockrun.XXXXXX") || die "could not create a file in $VENV/bin"
+    if ! "$VENV/bin/python" -I - "$python3" >"$LAUNCHER_TMP" <<'EOF'; then
+import os
+import sys
+import sysconfig
+
+python3 = sys.argv[1]
+paths = sysconfig.get_paths()
+dirs: list[str] = []
+for d in (paths["purelib"], paths["platlib"]):
+    if os.path.isdir(d) and os.path.realpath(d) not in map(os.path.realpath, dirs):
+        dirs.append(d)
+if not any(os.path.isfile(os.path.join(d, "lockrun", "entry.py")) for d in dirs):
+    sys.exit(f"lockrun is not in {' or '.join(dirs) or 'site-packages'}")
+# Linux passes everything after the interpreter on a #! line as ONE argument, so the
+# flags are one word, -IS; a path with blanks, or a line longer than the 127 bytes old
+# kernels read, goes through /bin/sh instead, as pip's own console scripts do.
+shebang = f"#!{python3} -IS"
+if len(shebang.encode()) <= 127 and not any(c.isspace() for c in python3):
+    print(shebang)
+else:
+    if any(c in python3 for c in "\"$`'\\\n"):
+        sys.exit(f"{python3}: a path with quotes, $, ` or \\ cannot go through /bin/sh")
+    print("#!/bin/sh")
+    print(f"'''exec' \"{python3}\" -IS \"$0\" \"$@\"")  # sh runs this line,
+    print("' '''")  # Python reads it and the line above as a string
+print(f"""\
+# lockrun's launcher, written by install.sh in place of pip's console script (and again
+# after every pip install, which writes that script back).
+# -I: the PYTHON* variables of a cron environment (PYTHONPATH, PYTHONHOME,
+#     PYTHONWARNINGS, PYTHONINSPECT, PYTHONPYCACHEPREFIX, PYTHONSTARTUP...) can neither
+#     change nor break lockrun; no user site-packages either.
+# -S: no "import site" (site-packages scan, .pth files), which is most of what a skipped
+#     fire costs to start; so this file puts the virtualenv's site-packages on sys.path,
+#     after the standard library, where site would have put it.
+import sys
+
+sys.path += {dirs!r}
+from lockrun.entry import main
+
+main()""")
+EOF
+        die "could not write lockrun's launcher $launcher"
+    fi
+    chmod 0755 -- "$LAUNCHER_TMP" && mv -f -- "$LAUNCHER_TMP" "$launcher" ||
+        die "could not install lockrun's launcher $launcher"
+    LAUNCHER_TMP=
+    echo "Wrote lockrun's launcher $launcher ($(head -n 1 -- "$launcher"))"
 }
 
 link_command() {
@@ -781,7 +854,7 @@ fi
 VERSION=$("$LINK" --version 2>&1) || die "$LINK --version failed: $VERSION"
 echo
 echo "Done: $VERSION"
-echo "  command:   $LINK -> $VENV/bin/lockrun"
+echo "  command:   $LINK -> $VENV/bin/lockrun (launcher: python3 -IS)"
 echo "  python:    $("$VENV/bin/python" -c 'import os, sys; print(os.path.realpath(sys.executable), sys.version.split()[0])')"
 if [ -n "$MAN_PAGE" ]; then
     echo "  man page:  $MAN_PAGE"

@@ -8,6 +8,13 @@ install.sh's Redis step (``--redis-only``, no virtualenv) against a redis.conf i
 temporary directory shaped like Debian's, and a real redis-server on a free port started
 from that file, the way Debian's init script or install.sh itself starts it (daemonized).
 Nothing here reads or writes /etc/redis or talks to a Redis on 6379.
+
+The second half installs lockrun itself into a temporary prefix, as README says
+(install.sh, which needs the package index pip is configured with), and checks the
+launcher install.sh puts in place of pip's console script: a real fire through it, the
+``python3 -IS`` it runs on (no ``site``, no PYTHON* variable of a cron environment
+reaching lockrun), no byte-compiling on a fire, an upgrade that writes it again, and an
+uninstall that leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -15,9 +22,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -382,3 +392,287 @@ def test_help_names_every_option() -> None:
     assert {"--with-redis", "--redis-only", "--redis-conf"} <= options
     assert [o for o in sorted(options) if not re.search(rf"^\s+{o}\b", r.stdout, re.M)] == []
 
+
+# ------------------------------------------------------------ lockrun's launcher
+
+INSTALL_TIMEOUT_S = 600
+"""install.sh creates a virtualenv and pip-installs into it: tens of seconds, more on a
+loaded machine; the tests that install get this instead of the suite's 180 s."""
+SITE_PROBE_ENV = "LOCKRUN_TEST_SITE_MARKER"
+
+
+def install_sh(*args: str) -> subprocess.CompletedProcess[str]:
+    """install.sh as root runs it, from a copy of the checkout, with its mandb kept off the
+    host's man index.
+
+    The copy because bash reads a script as it runs it: an edit of the working tree
+    during the install would otherwise run half of each version. As root, mandb
+    rewrites /var/cache/man: install.sh then runs in a private mount namespace with a
+    tmpfs there. tests/cronlab.py does both for the real-cron test.
+    """
+    source = Path(tempfile.mkdtemp(prefix="lockrun-install-source-"))
+    try:
+        shutil.copytree(ROOT, source, symlinks=True, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(
+                            ".git", ".venv", ".mypy_cache", ".ruff_cache", ".pytest_cache",
+                            "__pycache__", "build", "dist", "*.egg-info"))
+        return _run_install_sh(source / INSTALL.name, args)
+    finally:
+        shutil.rmtree(source, ignore_errors=True)
+
+
+def _run_install_sh(script: Path, args: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
+    argv = ["bash", str(script), *args]
+    if os.geteuid() == 0 and shutil.which("unshare") and subprocess.run(
+            ["unshare", "--mount", "true"], capture_output=True).returncode == 0:
+        prepare = ("[ ! -d /var/cache/man ] || mount -t tmpfs lockrun-test-man /var/cache/man; "
+                   'exec "$0" "$@"')
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", prepare, *argv]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S,
+                          stdin=subprocess.DEVNULL)
+
+
+@dataclass
+class Installed:
+    """lockrun installed by install.sh into a directory of ours: prefix, bin and man."""
+
+    root: Path
+    runs: list[subprocess.CompletedProcess[str]]
+    """install.sh's runs, in order: a first install, then the same again (an upgrade)."""
+    pycs: dict[Path, int] | None = None
+    """Every .pyc of the virtualenv and its mtime, right after the last install."""
+
+    @property
+    def args(self) -> list[str]:
+        return ["--prefix", str(self.prefix), "--bin-dir", str(self.root / "bin"),
+                "--man-dir", str(self.root / "man")]
+
+    @property
+    def prefix(self) -> Path:
+        return self.root / "opt"
+
+    @property
+    def venv(self) -> Path:
+        return self.prefix / "venv"
+
+    @property
+    def link(self) -> Path:
+        """The command on PATH that a crontab line names."""
+        return self.root / "bin" / "lockrun"
+
+    @property
+    def launcher(self) -> Path:
+        return self.venv / "bin" / "lockrun"
+
+    @property
+    def python3(self) -> Path:
+        return self.venv / "bin" / "python3"
+
+    def site_packages(self) -> list[Path]:
+        """What site adds to the venv python's sys.path: what the launcher must add itself."""
+        def path(*flags: str) -> list[str]:
+            out = subprocess.run(
+                [str(self.venv / "bin" / "python"), *flags, "-I", "-B", "-c",
+                 "import sys; print(*sys.path, sep='\\n')"],
+                capture_output=True, text=True, check=True, timeout=60).stdout
+            return out.splitlines()
+
+        without_site = path("-S")
+        return [Path(p) for p in path() if p not in without_site]
+
+    def install(self) -> subprocess.CompletedProcess[str]:
+        r = install_sh(*self.args)
+        self.runs.append(r)
+        return r
+
+    def pyc_files(self) -> dict[Path, int]:
+        return {p: p.stat().st_mtime_ns for p in self.venv.rglob("*.pyc")}
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """Installed twice: the second run is an upgrade, after which pip has written its
+    console script over the launcher again; every test sees what the upgrade left."""
+    inst = Installed(tmp_path_factory.mktemp("installed"), [])
+    for _ in range(2):
+        r = inst.install()
+        assert r.returncode == 0, f"install.sh failed:\n{r.stdout}{r.stderr}"
+    inst.pycs = inst.pyc_files()
+    return inst
+
+
+def fire(inst: Installed, url: str, key: str, fire_id: str, *job: str,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """One crontab line's fire through the installed command (the link on PATH)."""
+    return subprocess.run(
+        [str(inst.link), "-k", key, "--fire", fire_id, "--", *(job or ("true",))],
+        env=env or lockrun_env(url), capture_output=True, text=True, timeout=60,
+        stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.timeout(INSTALL_TIMEOUT_S)
+def test_the_installed_command_is_the_launcher_and_passes_a_fires_status(
+        installed: Installed, redis_server: RedisServer, key: str, tmp_path: Path) -> None:
+    """Through the link a crontab names: the job runs once per fire, its exit status comes
+    back, and the fire's record in Redis says so; the next server's start skips it."""
+    assert installed.link.is_symlink() and installed.link.resolve() == installed.launcher
+    ran = tmp_path / "ran"
+    job = ("sh", "-c", f'echo ran >> "{ran}"; exit 3')
+    first = fire(installed, redis_server.url, key, "f1", *job)
+    assert (first.returncode, first.stdout, first.stderr) == (3, "", "")
+    record = redis_server.client().hgetall(f"lockrun:{{{key}}}:fire:f1")
+    assert (record.get("state"), record.get("exit")) == ("done", "3"), record
+    second = fire(installed, redis_server.url, key, "f1", *job)
+    assert (second.returncode, ran.read_text()) == (0, "ran\n"), second.stderr
+
+
+@pytest.mark.timeout(INSTALL_TIMEOUT_S)
+def test_the_launcher_runs_python_with_one_IS_argument(installed: Installed) -> None:
+    """Linux hands everything after the interpreter on a #! line to it as one argument:
+    "-I -S" would reach python as one word and fail; "-IS" is both flags."""
+    lines = installed.launcher.read_text().splitlines()
+    assert lines[0] == f"#!{installed.python3} -IS"
+    assert installed.launcher.stat().st_mode & 0o777 == 0o755
+    assert installed.python3.exists()
+    # the site-packages directories, computed at install time, and nothing else added
+    added = [line for line in lines if line.startswith("sys.path")]
+    assert len(added) == 1
+    listed = [Path(p) for p in re.findall(r"'([^']+)'", added[0])]
+    assert listed and {p.resolve() for p in listed} == {
+        p.resolve() for p in installed.site_packages()}
+    assert lines[-3:] == ["from lockrun.entry import main", "", "main()"]
+
+
+@pytest.mark.timeout(INSTALL_TIMEOUT_S)
+def test_an_upgrade_writes_the_launcher_again(installed: Installed) -> None:
+    """pip writes its console script on every install; install.sh must write the
+    launcher after each, not only when it creates the virtualenv."""
+    first, upgrade = installed.runs
+    assert "Creating virtualenv" in first.stdout and "Reusing virtualenv" in upgrade.stdout
+    for r in (first, upgrade):
+        assert f"Wrote lockrun's launcher {installed.launcher} (#!{installed.python3} -IS)" \
+            in r.stdout, r.stdout
+    text = installed.launcher.read_text()
+    assert text.startswith(f"#!{installed.python3} -IS\n") and "import re" not in text
+
+
+@pytest.mark.timeout(INSTALL_TIMEOUT_S)
+def test_no_site_on_a_fire(installed: Installed, redis_server: RedisServer, key: str,
+                           tmp_path: Path) -> None:
+    """site is most of a skip's start-up cost. A .pth file in site-packages runs code
+    whenever site starts (the control proves it here); through the launcher it must not.
+    And run the way the #! line says, with -X importtime, no module named site loads."""
+    probe = installed.site_packages()[0] / "zz-lockrun-test-site-probe.pth"
+    probe.write_text(f"import os; m = os.environ.get('{SITE_PROBE_ENV}'); "
+                     "m and open(m, 'a').write('site ran\\n')\n")
+    try:
+        control, marker = tmp_path / "control", tmp_path / "marker"
+        # -B: the control compiles nothing (test_a_fire_compiles_nothing watches that)
+        subprocess.run([str(installed.venv / "bin" / "python"), "-B", "-c", "pass"],
+                       env={**os.environ, SITE_PROBE_ENV: str(control)}, check=True,
+                       timeout=60)
+        assert control.read_text().startswith("site ran")
+        r = fire(installed, redis_server.url, key, "f1",
+                 env=lockrun_env(redis_server.url, **{SITE_PROBE_ENV: str(marker)}))
+        assert r.returncode == 0, r.stderr
+        assert not marker.exists(), "site ran under the launcher"
+    finally:
+        probe.unlink()
+
+    r = subprocess.run([str(installed.python3), "-IS", "-X", "importtime",
+                        str(installed.launcher), "-k", key, "--fire", "f2", "--", "true"],
+                       env=lockrun_env(redis_server.url), capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "lockrun.entry" in imported and "lockrun" in imported
+    assert not {"site", "sitecustomize", "usercustomize"} & imported
+
+
+def fake_lockrun(where: Path, marker: Path) -> Path:
+    """A lockrun package that exits 42 and leaves a file when imported."""
+    pkg = where / "lockrun"
+    pkg.mkdir(parents=True)
+    code = f"open({str(marker)!r}, 'w').write('imported')\nprint('FAKE')\nraise SystemExit(42)\n"
+    (pkg / "__init__.py").write_text(code)
+    (pkg / "entry.py").write_text(code)
+    return where
+
+
+# Each of these, reaching lockrun's python, changes a fire: the fake package is imported
+# (exit 42), python cannot start (PYTHONHOME), a line on stderr that cron mails
+# (PYTHONWARNINGS), the exit status lost to an interactive prompt (PYTHONINSPECT: 1), a
+# pyc written under PYTHONPYCACHEPREFIX on every fire. PYTHONSTARTUP only joins "all":
+# python reads it for interactive sessions only, so alone it changes nothing to break.
+PYTHON_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "PYTHONWARNINGS", "PYTHONINSPECT",
+                    "PYTHONPYCACHEPREFIX")
+
+
+@pytest.mark.timeout(INSTALL_TIMEOUT_S)
+@pytest.mark.parametrize("variables", [*PYTHON_VARIABLES, "all"])
+def test_python_variables_of_a_cron_environment_do_not_reach_lockrun(
+        installed: Installed, redis_server: RedisServer, key: str, tmp_path: Path,
+        variables: str) -> None:
+    fake = tmp_path / "fake-imported"
+    startup = tmp_path / "startup.py"
+    startup.write_text(f"open({str(tmp_path / 'startup-ran')!r}, 'w')\n")
+    values = {"PYTHONPATH": str(fake_lockrun(tmp_path / "pythonpath", fake)),
+              "PYTHONHOME": str(tmp_path / "no-such-home"),
+              "PYTHONWARNINGS": "error,error::NoSuchWarningCategory",
+              "PYTHONINSPECT": "1",
+              "PYTHONPYCACHEPREFIX": str(tmp_path / "pycache"),
+              "PYTHONSTARTUP": str(startup)}
+    chosen = values if variables == "all" else {variables: values[variables]}
+    env = lockrun_env(redis_server.url, **chosen)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # else no pyc is written even where it would be
+    r = fire(installed, redis_server.url, key, "f1", "sh", "-c", "exit 3", env=env)
+    assert (r.returncode, r.stdout, r.stderr) == (3, "", "")
+    assert not fake.exists() and not (tmp_path / "startup-ran").exists()
+    assert not (tmp_path / "pycache").exists()
+
+
+@pytest.mark.timeout(INSTALL_TIMEOUT_S)
+def test_a_fire_compiles_nothing(installed: Installed, redis_server: RedisServer,
+                                 key: str) -> None:
+    """pip byte-compiled every module at install time, before install.sh wrote the
+    launcher: no .pyc is newer than the launcher (install.sh's own --version run, and the
+    tests before this one, would have written the ones a fire lacked: under -I,
+    PYTHONDONTWRITEBYTECODE does not apply). A run and a skip then change none."""
+    written = installed.launcher.stat().st_mtime_ns
+    assert installed.pycs, "no .pyc in the virtualenv at all"
+    assert [p for p, mtime in installed.pyc_files().items() if mtime > written] == []
+    package = next(d / "lockrun" for d in installed.site_packages() if (d / "lockrun").is_dir())
+    compiled = {p.name.split(".")[0] for p in (package / "__pycache__").glob("*.pyc")}
+    assert {p.stem for p in package.glob("*.py")} - compiled == set()
+    for fire_id in ("f1", "f1"):  # a run, then a skip of the same fire
+        r = fire(installed, redis_server.url, key, fire_id)
+        assert r.returncode == 0, r.stderr
+    assert installed.pyc_files() == installed.pycs
+
+
+@pytest.mark.timeout(INSTALL_TIMEOUT_S)
+def test_a_long_prefix_with_a_blank_then_uninstall(tmp_path: Path, redis_server: RedisServer,
+                                                   key: str) -> None:
+    """A #! line holds no blank and old kernels read only 127 bytes of it: such a prefix
+    gets a /bin/sh line that runs the same python -IS. Then --uninstall removes all that
+    install.sh made but the bin and man directories it created (the link and the page in
+    them go)."""
+    inst = Installed(tmp_path / ("a directory with blanks " + "x" * 100), [])
+    r = inst.install()
+    assert r.returncode == 0, f"install.sh failed:\n{r.stdout}{r.stderr}"
+    lines = inst.launcher.read_text().splitlines()
+    assert lines[:3] == ["#!/bin/sh", f"'''exec' \"{inst.python3}\" -IS \"$0\" \"$@\"",
+                         "' '''"]
+    fake = tmp_path / "fake-imported"
+    env = lockrun_env(redis_server.url, PYTHONPATH=str(fake_lockrun(tmp_path / "pp", fake)),
+                      PYTHONINSPECT="1")
+    r = fire(inst, redis_server.url, key, "f1", "sh", "-c", "exit 3", env=env)
+    assert (r.returncode, r.stdout, r.stderr, fake.exists()) == (3, "", "", False)
+    assert (inst.root / "man" / "lockrun.1").is_file()
+
+    u = install_sh("--uninstall", *inst.args)
+    assert u.returncode == 0, u.stderr
+    left = sorted(str(p.relative_to(inst.root)) for p in inst.root.rglob("*"))
+    assert left == ["bin", "man"]
+    assert not any(p.is_symlink() for p in (inst.root / "bin").iterdir())
