@@ -8,14 +8,18 @@ with the machine and its load, so every goal is a ratio taken in one run, side
 by side (round-robin, medians): lockrun against ``python3 -I -S -c pass`` run by
 the same interpreter (the floor no Python program goes below), and against the
 tools an operator would use instead (flock, redis-cli, a bash + redis-cli
-wrapper, etcdctl). Then what a long job's supervision holds in memory, 200
-lockruns on one fire, what a job costs Redis in bytes per day, and a capacity
-table (servers x jobs x frequency) from a bounded load test.
+wrapper, etcdctl). lockrun is measured as users run it: installed by install.sh
+(its launcher, ``python3 -IS``) into a temporary directory, by this interpreter,
+which the floor row runs too; ``--lockrun PATH`` measures another executable.
+Then what a long job's supervision holds in memory, 200 lockruns on one fire,
+what a job costs Redis in bytes per day, and a capacity table (servers x jobs x
+frequency) from a bounded load test.
 
 It prints figures and PASS/MISS per goal and asserts nothing: a failed sanity
 check is a WARNING line, and the exit status is 0 unless the bench itself broke.
 
     python bench/bench.py [--runs N] [--quick] [--json FILE] [--output FILE] [--no-scenarios]
+                          [--lockrun PATH]
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ from typing import Any, NoReturn
 import redis
 
 BENCH_DIR = Path(__file__).resolve().parent
+INSTALL_SH = BENCH_DIR.parent / "install.sh"
+INSTALL_TIMEOUT_S = 600.0
 CRON_LOCK_SH = BENCH_DIR / "redis-cron-lock.sh"
 README = BENCH_DIR.parent / "README.md"
 
@@ -75,6 +81,7 @@ SKIP_UNIX_ACL = "lockrun skip, unix socket, ACL user+password"
 SKIP_TCP = "lockrun skip, TCP"
 SKIP_TCP_ACL = "lockrun skip, TCP, ACL user+password"
 SKIP_CASES = (SKIP_UNIX, SKIP_UNIX_ACL, SKIP_TCP, SKIP_TCP_ACL)
+PIP_SKIP_CASE = "lockrun skip via pip's console script (site imported)"
 RUN_CASE = "lockrun run (-- true), unix socket"
 HELP_CASE = "lockrun --help"
 STATUS_CASE = "lockrun status KEY"
@@ -579,16 +586,141 @@ def own_peak_rss_kib() -> int:
     return int(match.group(1)) if match else 0
 
 
-def lockrun_command() -> tuple[Argv, str]:
-    """The console script next to our interpreter, as cron would run it; else ``-m lockrun``."""
-    script = Path(sys.executable).parent / "lockrun"
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)], f"console script {script}"
-    return [sys.executable, "-m", "lockrun"], f"{sys.executable} -m lockrun (no {script})"
+@dataclass
+class Measured:
+    """The lockrun the rows measure, the interpreter the floor row runs, and how, for the header."""
+
+    lockrun: Argv
+    python: str
+    """The floor's interpreter: the one lockrun's #! line names, else this one."""
+    how: list[str]
+    pip_script: Path | None = None
+    """pip's console script for the same install, for the informational row; None: no row."""
+    versions: dict[str, str] = field(default_factory=dict)
+    """Versions of lockrun and its dependencies as the measured install has them."""
+
+
+def script_python(script: Path) -> str | None:
+    """The interpreter a Python script's #! line names (or install.sh's /bin/sh fallback's)."""
+    try:
+        with script.open(errors="replace") as f:
+            first, second = f.readline(), f.readline()
+    except OSError:
+        return None
+    words = first[2:].split() if first.startswith("#!") else []
+    if words and Path(words[0]).name.startswith("python"):
+        return words[0]
+    found = re.match(r"'''exec' \"([^\"]+)\"", second)  # '''exec' "PYTHON" -IS "$0" "$@"
+    return found.group(1) if found else None
+
+
+def _private_man_cache(argv: Argv) -> Argv:
+    """*argv* in a mount namespace of its own with a tmpfs over /var/cache/man, when root.
+
+    install.sh runs mandb, which as root rewrites the host's man index: a bench must not
+    change the host (tests/cronlab.py does the same for the real-cron test). Not root,
+    mandb cannot write there anyway; without unshare (or the right to use it) as is.
+    """
+    unshare = shutil.which("unshare")
+    if os.geteuid() != 0 or unshare is None or subprocess.run(
+            [unshare, "--mount", "true"], capture_output=True, check=False).returncode != 0:
+        return argv
+    prepare = ('[ ! -d /var/cache/man ] || mount -t tmpfs lockrun-bench-man /var/cache/man; '
+               'exec "$0" "$@"')
+    return [unshare, "--mount", "--propagation", "private", "sh", "-c", prepare, *argv]
+
+
+def install_lockrun(tmp: Path) -> Measured:
+    """lockrun as a server runs it: install.sh from this checkout into *tmp*.
+
+    ``--python`` is this interpreter, so the venv python that the launcher's #! line
+    names is this very binary, and the floor row runs that same venv python. The
+    informational row's console script is written by the venv's own pip (its
+    ScriptMaker, as ``pip install`` writes ``bin/lockrun`` before install.sh replaces it).
+    install.sh runs from a copy of the checkout: bash reads a script as it runs it, so an
+    edit of the working tree during the install would otherwise run half of each version.
+    """
+    source = tmp / "source"
+    shutil.copytree(INSTALL_SH.parent, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".mypy_cache", ".ruff_cache", ".pytest_cache", "__pycache__",
+        "build", "dist", "*.egg-info"))
+    prefix, bin_dir = tmp / "prefix", tmp / "bin"
+    argv = ["bash", str(source / INSTALL_SH.name), "--python", sys.executable,
+            "--prefix", str(prefix), "--bin-dir", str(bin_dir), "--man-dir", str(tmp / "man")]
+    started = time.monotonic()
+    done = subprocess.run(_private_man_cache(argv), capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=INSTALL_TIMEOUT_S, check=False)
+    took = time.monotonic() - started
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"install.sh exited {done.returncode}:\n{tail}")
+    link = bin_dir / "lockrun"
+    launcher = link.resolve()
+    python = script_python(launcher)
+    if python is None:
+        raise RuntimeError(f"{launcher} names no Python interpreter: not install.sh's launcher")
+    with launcher.open() as f:
+        shebang = f.readline().strip()
+    venv_python = str(prefix / "venv" / "bin" / "python")
+    versions = json.loads(subprocess.run(
+        [venv_python, "-I", "-c", _VERSIONS], capture_output=True, text=True,
+        timeout=CHECK_TIMEOUT_S, check=True).stdout)
+
+    def short(path: object) -> str:
+        return str(path).replace(str(tmp), "TMP")
+
+    how = [f"install.sh --python {sys.executable} --prefix TMP/prefix --bin-dir TMP/bin "
+           f"--man-dir TMP/man, from a copy of this checkout ({took:.0f} s; TMP: the bench's "
+           "temporary directory)",
+           f"{short(link)} -> {short(launcher)}, install.sh's launcher: {short(shebang)}"]
+    pip_dir = tmp / "pip-console-script"
+    made = subprocess.run([venv_python, "-I", "-c", _PIP_SCRIPT, str(pip_dir)],
+                          capture_output=True, text=True, timeout=CHECK_TIMEOUT_S, check=False)
+    pip_script: Path | None = pip_dir / "lockrun"
+    if made.returncode == 0 and pip_script is not None and pip_script.is_file():
+        with pip_script.open() as f:
+            how.append(f"info row: {PIP_SKIP_CASE!r} is the unix-socket skip through the "
+                       f"console script pip writes for this install ({short(f.readline().strip())}"
+                       ", so site is imported); it has no goal")
+    else:
+        pip_script = None
+        how.append("info row on pip's console script left out: pip's ScriptMaker failed: "
+                   + ((made.stderr.strip().splitlines() or ["?"])[-1]))
+    return Measured([str(link)], python, how, pip_script, versions)
+
+
+_VERSIONS = """
+import importlib.metadata as m, json
+def v(d):
+    try:
+        return m.version(d)
+    except m.PackageNotFoundError:
+        return "not installed"
+print(json.dumps({k: v(d) for k, d in (("lockrun", "lockrun"), ("redis_py", "redis"),
+                                        ("click", "click"), ("psutil", "psutil"))}))
+"""
+"""Run by the installed venv's python: the versions the measured lockrun imports."""
+
+_PIP_SCRIPT = """
+import sys
+from pip._internal.operations.install.wheel import PipScriptMaker
+maker = PipScriptMaker(None, sys.argv[1])
+maker.clobber, maker.variants, maker.set_mode = True, {""}, True  # as pip's install does
+maker.make("lockrun = lockrun.entry:main")
+"""
+"""Run by the installed venv's python: its pip writes lockrun's console script, as
+``pip install`` does (same ScriptMaker, same settings, same interpreter for #!)."""
+
+
+def given_lockrun(path: Path) -> Measured:
+    """``--lockrun PATH``: that executable; the floor runs the interpreter its #! names."""
+    python = script_python(path.resolve()) or sys.executable
+    how = [f"{path} (--lockrun); {compile_package()}"]
+    return Measured([str(path)], python, how)
 
 
 def compile_package() -> str:
-    """Byte-compile lockrun as an installed package is (pip compiles at install time).
+    """With --lockrun: byte-compile this interpreter's lockrun, as an installed package is.
 
     A checkout's editable install may lack current .pyc files, and with
     PYTHONDONTWRITEBYTECODE set every start would compile the changed modules
@@ -634,9 +766,9 @@ def bash_env(env: dict[str, str], sock: str) -> dict[str, str]:
     return {**env, "REDIS_CLI_OPTS": f"-s {sock}"}
 
 
-def build_cases(lockrun: Argv, server: RedisServer, peers: Peers) -> list[Case]:
+def build_cases(measured: Measured, server: RedisServer, peers: Peers) -> list[Case]:
     """Every case of the table: the floor, lockrun's paths, its verbs, then the peers."""
-    py = sys.executable
+    py, lockrun = measured.python, measured.lockrun
     unix, tcp = server.url(), server.url(tcp=True)
     unix_acl, tcp_acl = server.url(acl=True), server.url(tcp=True, acl=True)
     cases = [
@@ -645,6 +777,12 @@ def build_cases(lockrun: Argv, server: RedisServer, peers: Peers) -> list[Case]:
         Case(SKIP_UNIX_ACL, lambda _: fire_argv(lockrun, unix_acl, SKIP_KEY, SKIP_FIRE)),
         Case(SKIP_TCP, lambda _: fire_argv(lockrun, tcp, SKIP_KEY, SKIP_FIRE)),
         Case(SKIP_TCP_ACL, lambda _: fire_argv(lockrun, tcp_acl, SKIP_KEY, SKIP_FIRE)),
+    ]
+    pip_script = measured.pip_script
+    if pip_script is not None:
+        cases.append(Case(PIP_SKIP_CASE,
+                          lambda _: fire_argv([str(pip_script)], unix, SKIP_KEY, SKIP_FIRE)))
+    cases += [
         Case(RUN_CASE, lambda tag: fire_argv(lockrun, unix, RUN_KEY, f"run-{tag}")),
         Case(HELP_CASE, lambda _: [*lockrun, "--help"]),
         Case(STATUS_CASE, lambda _: [*lockrun, "status", SKIP_KEY, "--redis-url", unix]),
@@ -697,14 +835,15 @@ def setup_peers(server: RedisServer, env: dict[str, str], tmp: Path) -> Peers:
     return Peers(cli, str(server.socket), str(tmp / "flock.lock"), etcd, txn, notes)
 
 
-def prepare_and_check(server: RedisServer, lockrun: Argv, env: dict[str, str], peers: Peers,
-                      warnings: list[str]) -> dict[str, Invocation]:
+def prepare_and_check(server: RedisServer, measured: Measured, env: dict[str, str],
+                      peers: Peers, warnings: list[str]) -> dict[str, Invocation]:
     """Complete the skip case's fire once, then prove every case does what its row claims.
 
     The lockrun invocations also give the commands-per-fire figures: the first one
     meets an empty script cache, the later ones the warm cache a real fleet sees.
     """
     found: dict[str, Invocation] = {}
+    lockrun = measured.lockrun
     unix = server.url()
     skip = fire_argv(lockrun, unix, SKIP_KEY, SKIP_FIRE)
 
@@ -722,6 +861,11 @@ def prepare_and_check(server: RedisServer, lockrun: Argv, env: dict[str, str], p
         inv = found[label] = server.invocation(fire_argv(lockrun, url, SKIP_KEY, SKIP_FIRE), env)
         if inv.exit_code != 0:
             warnings.append(f"{label}: exit {inv.exit_code} {inv.stderr_tail}")
+    if measured.pip_script is not None:
+        code, _, err = run_checked(fire_argv([str(measured.pip_script)], unix, SKIP_KEY,
+                                             SKIP_FIRE), env)
+        if code != 0:
+            warnings.append(f"skip via pip's console script: exit {code} {err}")
     if server.xlen(SKIP_HIST_KEY) != hist_before:
         warnings.append("a skip case appended history: it ran the job instead of skipping")
 
@@ -1508,6 +1652,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-scenarios", action="store_true",
                         help="leave out the slow fleet scenarios (200-process contention, time "
                              "to fail, takeover)")
+    parser.add_argument("--lockrun", type=Path, metavar="PATH",
+                        help="measure this lockrun executable instead of installing this "
+                             "checkout with install.sh (the floor then runs the interpreter "
+                             "its #! line names, else this one)")
     args = parser.parse_args(argv)
     if args.runs is None:
         args.runs = QUICK_RUNS if args.quick else DEFAULT_RUNS
@@ -1545,12 +1693,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if binary is None:
         print("bench: redis-server not found on PATH", file=sys.stderr)
         return 2
-    lockrun, lockrun_how = lockrun_command()
-    lockrun_how += f"; {compile_package()}"
     warnings: list[str] = []
     load_at_start = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="lockrun-bench-") as tmpdir, sigterm_as_interrupt():
         tmp = Path(tmpdir)
+        measured = given_lockrun(args.lockrun) if args.lockrun else install_lockrun(tmp)
+        lockrun = measured.lockrun
+        if os.path.realpath(measured.python) != os.path.realpath(sys.executable):
+            warnings.append(f"the floor runs {measured.python}, not this interpreter "
+                            f"({sys.executable}): lockrun and the floor differ in interpreter")
         (tmp / "state").mkdir()
         env = child_env(tmp / "state")
         probe = RssProbe.find(tmp, env)
@@ -1560,11 +1711,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             server.wait_ready(START_DEADLINE_S)
             acl = server.add_acl_user()
             machine = machine_info(binary, server.version())
+            machine.update(measured.versions)
             machine["loadavg"] = load_at_start
             print("lockrun benchmark (issue 12's goals)")
             for key, value in machine.items():
                 print(f"  {key:<12} {value}")
-            print(f"  {'lockrun via':<12} {lockrun_how}")
+            for n, line in enumerate(measured.how):
+                print(f"  {'lockrun via' if n == 0 else '':<12} {line}")
+            same = os.path.realpath(measured.python) == os.path.realpath(sys.executable)
+            print(f"  {'floor':<12} {measured.python.replace(tmpdir, 'TMP')} -I -S -c pass: "
+                  "the interpreter lockrun's #! line names"
+                  + (", the same binary as this one" if same else " (NOT this one)"))
             print(f"  {'redis':<12} private redis-server, unix socket and 127.0.0.1, no "
                   "persistence")
             print(f"  {'ACL rows':<12} {acl}")
@@ -1577,8 +1734,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             peers = setup_peers(server, env, tmp)
             _BASH_ENV.update(bash_env(env, peers.sock))
-            cases = build_cases(lockrun, server, peers)
-            invocations = prepare_and_check(server, lockrun, env, peers, warnings)
+            cases = build_cases(measured, server, peers)
+            invocations = prepare_and_check(server, measured, env, peers, warnings)
             hist_len = server.xlen(SKIP_HIST_KEY)
             measure_all(server, cases, args.runs, env, probe, warm_up=not args.quick)
             post_check(server, args.runs, probe, hist_len, warnings)
@@ -1657,7 +1814,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         result = {
             "machine": machine,
-            "lockrun_via": lockrun_how,
+            "lockrun_via": [line.replace(tmpdir, "TMP") for line in measured.how],
+            "floor_python": measured.python.replace(tmpdir, "TMP"),
             "peak_rss_source": probe.binary if probe else "wait4",
             "bench_own_peak_rss_kib": own_peak,
             "runs": args.runs,
