@@ -29,14 +29,23 @@ HISTORY_MAXLEN = 1000
 # if absent, with a TTL) and later turns into the done record in place. The
 # fence is max(previous + 1, server time in microseconds): strictly increasing,
 # and still increasing if the counter key is ever lost.
-ACQUIRE = Script(("fire_key", "guard_key", "fence_key", "hist_key"),
-                 ("owner", "ttl_ms", "guard", "fire", "host", "pid", "maxlen", "local_ms"), """
+#
+# A paused job (its own pause hash, or the fleet's) is not claimed: the fire is
+# recorded 'paused' for the retention, once, so every other server skips it
+# without writing again and the history says why it did not run. The fleet's
+# flag lives outside the job's slot; on Cluster the client reads it first and
+# passes what it found (fleet_read 0), elsewhere the script reads it itself.
+ACQUIRE = Script(("fire_key", "guard_key", "fence_key", "hist_key", "pause_key",
+                  "fleet_pause_key"),
+                 ("owner", "ttl_ms", "guard", "fire", "host", "pid", "maxlen", "local_ms",
+                  "retention_ms", "fleet_read", "fleet_by", "fleet_reason"), """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if string.find(redis.call('INFO', 'replication'), 'role:slave', 1, true) then
   return {'replica', 0, now_ms, '', ''}
 end
-local h = redis.call('HMGET', fire_key, 'owner', 'state', 'fence', 'host', 'start')
+local h = redis.call('HMGET', fire_key, 'owner', 'state', 'fence', 'host', 'start', 'by',
+  'reason')
 if h[1] then
   if h[1] == owner and h[2] == 'running' then
     return {'ok', tonumber(h[3]), now_ms, '', ''}
@@ -44,6 +53,28 @@ if h[1] then
   local why = 'held'
   if h[2] == 'done' then why = 'done' end
   return {why, tonumber(h[3]) or 0, now_ms, h[4] or '', h[5] or ''}
+end
+if h[2] == 'paused' then
+  return {'paused', 0, now_ms, h[6] or '', h[7] or ''}
+end
+local p = redis.call('HMGET', pause_key, 'by', 'reason')
+local scope = 'job'
+if not p[1] then
+  scope = 'all'
+  if fleet_read == '1' then
+    p = redis.call('HMGET', fleet_pause_key, 'by', 'reason')
+  elseif fleet_by ~= '' then
+    p = {fleet_by, fleet_reason}
+  end
+end
+if p[1] then
+  redis.call('HSET', fire_key, 'state', 'paused', 'outcome', 'paused', 'by', p[1],
+    'reason', p[2] or '', 'scope', scope, 'host', host, 'pid', pid)
+  redis.call('PEXPIRE', fire_key, retention_ms)
+  redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'skip', 'fire', fire,
+    'owner', owner, 'host', host, 'pid', pid, 'reason', 'paused', 'by', p[1],
+    'why', p[2] or '', 'scope', scope)
+  return {'paused', 0, now_ms, p[1], p[2] or ''}
 end
 if guard == '1' then
   local g = redis.call('HMGET', guard_key, 'owner', 'fence', 'host', 'fire')
@@ -189,6 +220,11 @@ return {1}
 """)
 
 
+FLEET_TAG = "=fleet"
+"""The hash tag of the fleet-wide keys: '=' is no job key's character, so no job's keys
+can share their names."""
+
+
 def job_keys(key: str, fire: str, prefix: str = "lockrun") -> dict[str, str]:
     """Names of every Redis key of one fire; ``{key}`` is the Cluster hash tag."""
     base = f"{prefix}:{{{key}}}"
@@ -197,7 +233,14 @@ def job_keys(key: str, fire: str, prefix: str = "lockrun") -> dict[str, str]:
         "running": f"{base}:running",
         "fence": f"{base}:fence",
         "hist": f"{base}:hist",
+        "pause": f"{base}:pause",
     }
+
+
+def fleet_keys(prefix: str = "lockrun") -> dict[str, str]:
+    """The fleet-wide pause flag and its audit trail: the only keys outside a job's slot."""
+    base = f"{prefix}:{{{FLEET_TAG}}}"
+    return {"pause": f"{base}:pause", "hist": f"{base}:hist"}
 
 
 def whole(reply: object) -> int:
@@ -275,17 +318,29 @@ class Lease:
         """*script*'s KEYS and ARGV: this fire's keys and identity, plus *args* by name."""
         k = self.keys
         names = {"fire_key": k["fire"], "guard_key": k["running"], "fence_key": k["fence"],
-                 "hist_key": k["hist"]}
+                 "hist_key": k["hist"], "pause_key": k["pause"],
+                 "fleet_pause_key": fleet_keys(self.prefix)["pause"]}
         identity: dict[str, str | int] = {
             "owner": self.owner, "guard": "1" if self.guard else "0", "fire": self.fire,
             "host": self.host, "pid": os.getpid(), "maxlen": HISTORY_MAXLEN}
         return script.bind({n: names[n] for n in script.keys},
                            **{n: identity[n] for n in script.args if n in identity}, **args)
 
-    def acquire(self) -> Acquired:
+    def acquire(self, retention_ms: int = 86_400_000) -> Acquired:
+        """Claim the fire, or say why not; *retention_ms* is how long a 'paused' record of
+        the fire is kept (the done record's retention)."""
         local_ms = round(time.time() * 1000)
-        r = self.client.call_retrying(
-            ACQUIRE.source, *self._bind(ACQUIRE, ttl_ms=self.ttl_ms, local_ms=local_ms))
+        fleet = {"fleet_read": "1", "fleet_by": "", "fleet_reason": ""}
+        if self.client.cluster:  # the fleet's flag is in another slot: read it first
+            by, reason = self.client.command("HMGET", fleet_keys(self.prefix)["pause"], "by",
+                                             "reason")
+            fleet = {"fleet_read": "0", "fleet_by": str(by or ""),
+                     "fleet_reason": str(reason or "")}
+        keys, args = self._bind(ACQUIRE, ttl_ms=self.ttl_ms, local_ms=local_ms,
+                                retention_ms=retention_ms, **fleet)
+        if self.client.cluster:  # a key of the job's slot in its place (read as unpaused)
+            keys[ACQUIRE.keys.index("fleet_pause_key")] = self.keys["pause"]
+        r = self.client.call_retrying(ACQUIRE.source, keys, args)
         result = Acquired(str(r[0]), whole(r[1]), whole(r[2]), str(r[3]), str(r[4]))
         if result.status == "replica":
             # a replica with replica-read-only no would take the claim, and the

@@ -100,7 +100,7 @@ def _run(cfg: Config, out: Reporter) -> int:
         claimed_at = time.monotonic()
         sent = time.time()
         try:
-            acq = lease.acquire()
+            acq = lease.acquire(cfg.retention_ms(sent))
         except RedisUnavailable as exc:
             if exc.reply_lost:  # first: every other server skips until it is back
                 _trygive_back(lease, "the reply to the claim was lost")
@@ -332,6 +332,9 @@ def _check_clock(cfg: Config, out: Reporter, skew: float, round_trip: float) -> 
 
 def _skip_reason(cfg: Config, acq: Acquired) -> str:
     where = f"{cfg.key} fire {cfg.fire}"
+    if acq.status == "paused":
+        why = f": {acq.holder_detail}" if acq.holder_detail else ""
+        return f"skipped {where}: paused by {acq.holder_host}{why}"
     if acq.status == "done":
         return f"skipped {where}: already done by {acq.holder_host} (fence {acq.fence})"
     if acq.status == "overlap":

@@ -10,6 +10,7 @@ from pathlib import Path
 from conftest import LOCKRUN, RedisServer, faketime_env, lockrun_env
 from cronlab import as_cron_runs_it, readme_crontab_block
 
+from lockrun.cli import ADMIN_VERBS
 from lockrun.exitcodes import ExitCode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,7 +18,7 @@ MAN = (ROOT / "man" / "lockrun.1").read_text()
 README = (ROOT / "README.md").read_text()
 
 
-VERBS = ("status", "history", "unlock", "doctor")
+VERBS = ADMIN_VERBS
 
 
 def _help(*verb: str) -> str:
