@@ -209,6 +209,9 @@ class Admin:
                     else None
                 outcome = fields.get("outcome", "exited")
                 run.outcome = "ran" if outcome == "exited" else outcome
+                run.by = fields.get("by") or run.by
+            elif event == "cancel":  # asked to stop; the end says when it did
+                run.by = fields.get("by", "")
             elif event == "lost" and run.end_ms is None:
                 run.outcome = "lost"
             elif event == "skip":
@@ -291,6 +294,18 @@ class Admin:
             {"pause_key": k["pause"], "hist_key": k["hist"]}, by=whoami(),
             maxlen=HISTORY_MAXLEN, scope="job" if key is not None else "all"))
         return r[0] == "ok"
+
+    def cancel(self, key: str, fire: str | None) -> tuple[str, str] | None:
+        """Ask the server running *fire* (default: the one the overlap guard names) to stop
+        it: (fire, host), or None when nothing of *key* is running there."""
+        from lockrun.protocol import request_cancel
+
+        if fire is None:
+            fire = str(self.client.hgetall(self._keys(key)["running"]).get("fire", ""))
+            if not fire:
+                return None
+        running, host = request_cancel(self.client, key, fire, whoami(), self.prefix)
+        return (fire, host) if running else None
 
     def status(self, key: str) -> KeyStatus:
         status = KeyStatus(key, guard=self.client.hgetall(self._keys(key)["running"]),

@@ -323,3 +323,29 @@ def resume(key: str | None, every: bool, as_json: bool, **options: Any) -> None:
         click.echo(f"resumed {what}" if resumed else f"{what} was not paused")
     if not resumed:
         sys.exit(ExitCode.NEGATIVE)
+
+
+@admin.command()
+@click.argument("key")
+@click.option("--fire", metavar="ID", help="The fire to stop (default: the one the overlap "
+                                          "guard names, i.e. the one running now).")
+@_connection_options
+def cancel(key: str, fire: str | None, as_json: bool, **options: Any) -> None:
+    """Stop a running fire of KEY on whichever server runs it, and record it as cancelled."""
+    from lockrun.fire import validate_name
+
+    validate_name(key, "key")
+    if fire is not None:
+        validate_name(fire, "fire id")
+    found = _admin(options).cancel(key, fire)
+    if as_json:
+        click.echo(json.dumps({"key": key, "fire": found[0] if found else fire,
+                               "host": found[1] if found else None,
+                               "requested": found is not None}))
+    elif found:
+        click.echo(f"asked {found[1] or 'its server'} to stop {key} fire {found[0]}: it stops "
+                   "the job at its next renewal (within ttl/3), then --kill-after")
+    else:
+        click.echo(f"nothing of {key} is running" + (f" as fire {fire}" if fire else ""))
+    if not found:
+        sys.exit(ExitCode.NEGATIVE)

@@ -127,7 +127,7 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if string.find(redis.call('INFO', 'replication'), 'role:slave', 1, true) then
   return {'replica', now_ms, ''}
 end
-local h = redis.call('HMGET', fire_key, 'owner', 'state')
+local h = redis.call('HMGET', fire_key, 'owner', 'state', 'cancel_by')
 local reason = ''
 if h[1] == owner and h[2] == 'running' then
   redis.call('PEXPIRE', fire_key, ttl_ms)
@@ -147,6 +147,9 @@ if reason ~= '' then
   redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'lost',
     'fire', fire, 'owner', owner, 'host', host, 'pid', pid, 'reason', reason)
   return {'lost', now_ms, reason}
+end
+if h[3] then
+  return {'cancel', now_ms, h[3]}
 end
 return {'ok', now_ms, ''}
 """)
@@ -169,7 +172,7 @@ local finish = string.format('%.0f', now_ms)
 if guard == '1' and redis.call('HGET', guard_key, 'owner') == owner then
   redis.call('DEL', guard_key)
 end
-local h = redis.call('HMGET', fire_key, 'owner', 'state', 'fence')
+local h = redis.call('HMGET', fire_key, 'owner', 'state', 'fence', 'cancel_by')
 if h[1] == owner then
   if h[2] == 'done' then
     return {'ok', now_ms}
@@ -179,7 +182,7 @@ if h[1] == owner then
   redis.call('PEXPIRE', fire_key, retention_ms)
   redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'end',
     'fire', fire, 'owner', owner, 'host', host, 'pid', pid,
-    'fence', h[3], 'exit', exit, 'outcome', outcome)
+    'fence', h[3], 'exit', exit, 'outcome', outcome, 'by', h[4] or '')
   return {'ok', now_ms}
 end
 redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'end',
@@ -209,6 +212,34 @@ redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'abandon',
   'fire', fire, 'owner', owner, 'host', host, 'pid', pid, 'reason', reason)
 return {1}
 """)
+
+
+# Asks the server that runs a fire to stop it: its next renewal (within ttl/3)
+# finds the request, stops the job's tree as --on-lost kill does and records the
+# end as 'cancelled'. Only a running claim can be cancelled; the request and who
+# made it are in the history at once.
+CANCEL = Script(("fire_key", "hist_key"), ("fire", "by", "maxlen"), """
+local h = redis.call('HMGET', fire_key, 'owner', 'state', 'host', 'cancel_by')
+if h[2] ~= 'running' then
+  return {'none', '', ''}
+end
+if not h[4] then
+  redis.call('HSET', fire_key, 'cancel_by', by)
+  redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'cancel', 'fire', fire,
+    'owner', h[1], 'host', h[3] or '', 'by', by)
+end
+return {'ok', h[3] or '', h[4] or by}
+""")
+
+
+def request_cancel(client: LockClient, key: str, fire: str, by: str,
+                   prefix: str = "lockrun") -> tuple[bool, str]:
+    """Ask the holder of *fire* to stop it: (whether it is running, on which host)."""
+    k = job_keys(key, fire, prefix)
+    r = client.call_retrying(CANCEL.source, *CANCEL.bind(
+        {"fire_key": k["fire"], "hist_key": k["hist"]}, fire=fire, by=by,
+        maxlen=HISTORY_MAXLEN))
+    return r[0] == "ok", str(r[1])
 
 
 # The end was written, but lockrun cannot be sure it stays where the next server
@@ -284,12 +315,15 @@ class Acquired:
 
 
 class Renewed:
-    __slots__ = ("ok", "reason", "server_ms")
+    __slots__ = ("cancel_by", "ok", "reason", "server_ms")
 
-    def __init__(self, ok: bool, server_ms: int, reason: str = "") -> None:
+    def __init__(self, ok: bool, server_ms: int, reason: str = "", cancel_by: str = "") -> None:
         self.ok: Final = ok
         self.server_ms: Final = server_ms
         self.reason: Final = reason
+        self.cancel_by: Final = cancel_by
+        """Renewed, and someone (user@host, or the fire that replaces this one) asked that
+        the job be stopped."""
 
 
 class Lease:
@@ -363,6 +397,8 @@ class Lease:
             raise RedisUnavailable(
                 f"Redis at {redact(self.client.url)} answered as a replica: cannot renew the "
                 "lease there")
+        if r[0] == "cancel":
+            return Renewed(True, whole(r[1]), cancel_by=str(r[2]))
         return Renewed(r[0] == "ok", whole(r[1]), str(r[2]))
 
     def record_miss(self, retention_ms: int, late_ms: int) -> bool:

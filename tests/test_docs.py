@@ -54,7 +54,7 @@ def test_every_environment_variable_in_help_is_in_the_man_page() -> None:
 
 def test_every_exit_code_is_in_both_tables() -> None:
     codes = ExitCode.members()
-    assert len(codes) == 9 and codes["USAGE"] == 64
+    assert len(codes) == 10 and codes["USAGE"] == 64 and codes["CANCELLED"] == 143
     for name, code in codes.items():
         if code in (ExitCode.OK, ExitCode.SIGNAL_BASE):
             continue

@@ -7,13 +7,15 @@ another slot than the job's keys).
 
 from __future__ import annotations
 
+import fcntl
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RedisServer, free_port, run_lockrun, wait_for
+from conftest import RedisServer, free_port, run_lockrun, start_lockrun, wait_for
 from redis_topologies import Cluster, SentinelSet
 
 SERVERS = 3
@@ -138,3 +140,88 @@ def test_bad_pause_input_is_a_usage_error_before_redis_is_contacted(args: tuple[
     assert r.returncode == 64, (r.returncode, r.stderr)
     assert r.stderr.startswith("lockrun: ") and r.stderr.count("\n") == 1, r.stderr
     assert "Traceback" not in r.stderr
+
+
+FAST = ("--ttl", "3s", "--redis-timeout", "500ms", "--kill-after", "1s")
+"""A renewal every second, and SIGKILL one second after SIGTERM: cancel and replace are
+bounded by ttl/3 + --kill-after, plus what a loaded machine adds."""
+BOUND_S = 1.0 + 1.0 + 4.0
+
+
+def locked_job(lock: Path, log: Path, name: str, seconds: int) -> str:
+    """A job that holds *lock* (an flock shared with every process it starts) while it
+    runs, and writes OVERLAP instead of starting if another run holds it: two runs of the
+    key at once cannot go unnoticed, down to a grandchild that outlived its parent."""
+    return (f"exec 9>{lock}; flock -n 9 || {{ echo OVERLAP-{name} >> {log}; exit 1; }}; "
+            f"trap '' TERM; echo start-{name} >> {log}; sleep {seconds} & wait")
+
+
+def test_cancel_stops_the_whole_tree_and_records_who_asked(url: str, key: str,
+                                                            tmp_path: Path) -> None:
+    lock, log = tmp_path / "lock", tmp_path / "log"
+    proc = start_lockrun("-k", key, "--fire", "f1", *FAST, "--", "sh", "-c",
+                         locked_job(lock, log, "f1", 300), url=url)
+    wait_for(lambda: "start-f1" in (log.read_text() if log.exists() else ""), 30,
+             "the job to start")
+    r = run_lockrun("cancel", key, url=url)
+    asked = time.monotonic()
+    assert r.returncode == 0 and "fire f1" in r.stdout, (r.stdout, r.stderr)
+    _, err = proc.communicate(timeout=60)
+    took = time.monotonic() - asked
+    assert proc.returncode == 143, err
+    assert took < BOUND_S, f"stopped {took:.1f}s after the request"
+    assert "cancelled by " in err and err.count("\n") == 1, err
+    with lock.open("w") as f:  # the whole tree is gone: nothing holds the lock any more
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    rows = admin_json(url, "history", key)
+    [run] = [row for row in rows if row["fire"] == "f1"]
+    assert run["outcome"] == "cancelled" and run["exit"] == 143 and "@" in run["by"]
+    assert run_lockrun("cancel", key, url=url).returncode == 1  # nothing runs now
+
+
+def test_cancel_of_a_job_that_is_not_running_exits_1(url: str, key: str) -> None:
+    assert run_lockrun("-k", key, "--fire", "f1", "--", "true", url=url).returncode == 0
+    for args in (("cancel", key), ("cancel", key, "--fire", "f1"),
+                 ("cancel", key, "--fire", "f9")):
+        r = run_lockrun(*args, url=url)
+        assert r.returncode == 1 and "nothing" in r.stdout, (args, r.stdout, r.stderr)
+
+
+def test_overlap_replace_stops_the_earlier_run_first_and_fences_above_it(
+        url: str, key: str, tmp_path: Path) -> None:
+    lock, log = tmp_path / "lock", tmp_path / "log"
+    old = start_lockrun("-k", key, "--fire", "f1", "--overlap", "replace", *FAST, "--", "sh",
+                        "-c", locked_job(lock, log, "f1", 300), url=url)
+    wait_for(lambda: "start-f1" in (log.read_text() if log.exists() else ""), 30,
+             "the first run to start")
+    # three servers reach the next fire at once; each would replace the running one
+    new = [start_lockrun("-k", key, "--fire", "f2", "--overlap", "replace", *FAST, "--",
+                         "sh", "-c", locked_job(lock, log, "f2", 1), url=url)
+           for _ in range(SERVERS)]
+    codes = [p.wait(60) for p in new]
+    _, err = old.communicate(timeout=60)
+    assert old.returncode == 143 and "cancelled by fire f2" in err, err
+    lines = log.read_text().split()
+    assert not [x for x in lines if x.startswith("OVERLAP")], lines
+    assert lines == ["start-f1", "start-f2"], lines  # one run of f2, after f1 was gone
+    assert sorted(codes) == [0] * SERVERS, codes
+    rows = {row["fire"]: row for row in admin_json(url, "history", key) if row["fire"]}
+    assert rows["f1"]["outcome"] == "cancelled" and rows["f2"]["outcome"] == "ran"
+    assert int(rows["f2"]["fence"]) > int(rows["f1"]["fence"])
+
+
+def test_overlap_skip_still_skips_while_an_earlier_fire_runs(url: str, key: str,
+                                                            tmp_path: Path) -> None:
+    """The replace path is only taken when asked: the default leaves the running one be."""
+    lock, log = tmp_path / "lock", tmp_path / "log"
+    old = start_lockrun("-k", key, "--fire", "f1", *FAST, "--", "sh", "-c",
+                        locked_job(lock, log, "f1", 300), url=url)
+    try:
+        wait_for(lambda: "start-f1" in (log.read_text() if log.exists() else ""), 30,
+                 "the first run to start")
+        r = run_lockrun("-v", "-k", key, "--fire", "f2", *FAST, "--", "true", url=url)
+        assert r.returncode == 0 and "still running" in r.stderr, r.stderr
+        assert old.poll() is None
+    finally:
+        assert run_lockrun("cancel", key, url=url).returncode == 0
+        old.communicate(timeout=60)
