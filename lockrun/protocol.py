@@ -236,7 +236,7 @@ def request_cancel(client: LockClient, key: str, fire: str, by: str,
                    prefix: str = "lockrun") -> tuple[bool, str]:
     """Ask the holder of *fire* to stop it: (whether it is running, on which host)."""
     k = job_keys(key, fire, prefix)
-    r = client.call_retrying(CANCEL.source, *CANCEL.bind(
+    r = client.call(CANCEL.source, *CANCEL.bind(  # one attempt: an operator asks again
         {"fire_key": k["fire"], "hist_key": k["hist"]}, fire=fire, by=by,
         maxlen=HISTORY_MAXLEN))
     return r[0] == "ok", str(r[1])
