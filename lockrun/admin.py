@@ -14,7 +14,7 @@ from typing import Any
 
 from lockrun.client import LockClient
 from lockrun.lua import Script
-from lockrun.protocol import HISTORY_MAXLEN, job_keys
+from lockrun.protocol import FLEET_TAG, HISTORY_MAXLEN, fleet_keys, job_keys
 
 # Removes a stuck claim and/or overlap guard and says so in the history, in one
 # step, so the record of who unlocked what can never be missing.
@@ -41,6 +41,59 @@ return removed
 """)
 
 
+# Pauses a job (or, with the fleet's keys, every job) and writes who, why and
+# until when into the history in the same step. A pause that ends is a key that
+# expires: nothing has to run for the job to resume.
+PAUSE = Script(("pause_key", "hist_key"), ("by", "reason", "until_ms", "maxlen", "scope"), """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if until_ms ~= '' and tonumber(until_ms) <= now_ms then
+  return {'past', now_ms}
+end
+redis.call('DEL', pause_key)
+redis.call('HSET', pause_key, 'by', by, 'at_ms', now_ms, 'reason', reason, 'until_ms',
+  until_ms)
+if until_ms ~= '' then
+  redis.call('PEXPIRE', pause_key, tonumber(until_ms) - now_ms)
+end
+redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'pause', 'by', by,
+  'reason', reason, 'until_ms', until_ms, 'scope', scope)
+return {'ok', now_ms}
+""")
+
+RESUME = Script(("pause_key", "hist_key"), ("by", "maxlen", "scope"), """
+if redis.call('EXISTS', pause_key) == 0 then
+  return {'none'}
+end
+redis.call('DEL', pause_key)
+redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'resume', 'by', by,
+  'scope', scope)
+return {'ok'}
+""")
+
+
+@dataclass
+class Pause:
+    """Who paused a job (or the whole fleet: scope 'all'), why, and until when."""
+
+    scope: str
+    by: str
+    reason: str
+    at_ms: int | None
+    until_ms: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_hash(cls, scope: str, fields: dict[str, str]) -> Pause | None:
+        if not fields.get("by"):
+            return None
+        at, until = fields.get("at_ms", ""), fields.get("until_ms", "")
+        return cls(scope, fields["by"], fields.get("reason", ""),
+                   int(at) if at.isdigit() else None, int(until) if until.isdigit() else None)
+
+
 @dataclass
 class FireRun:
     """One fire as the history tells it, newest first in listings."""
@@ -56,6 +109,9 @@ class FireRun:
     exit: int | None = None
     recorded_late: bool = False
     """The job ended while Redis was unusable; its server recorded the end afterwards."""
+    by: str = ""
+    """Who asked (a pause, a resume, a cancel): user@host."""
+    reason: str = ""
 
     @property
     def duration_s(self) -> float | None:
@@ -75,11 +131,14 @@ class KeyStatus:
     running: list[FireRun] = field(default_factory=list)
     guard: dict[str, str] = field(default_factory=dict)
     last: FireRun | None = None
+    paused: Pause | None = None
+    """The job's own pause, else the fleet's: what makes every server skip it now."""
 
     def to_json(self) -> dict[str, Any]:
         return {"key": self.key, "running": [r.to_json() for r in self.running],
                 "overlap_guard": self.guard or None,
-                "last": self.last.to_json() if self.last else None}
+                "last": self.last.to_json() if self.last else None,
+                "paused": self.paused.to_json() if self.paused else None}
 
 
 class Admin:
@@ -100,6 +159,7 @@ class Admin:
         for name in self.client.scan(pattern):
             inner = name[len(self.prefix) + 2:]
             names.add(inner[: inner.rindex("}:hist")])
+        names.discard(FLEET_TAG)  # the fleet's pause audit, not a job
         return sorted(names)
 
     def known(self, key: str) -> bool:
@@ -126,6 +186,14 @@ class Admin:
             ident = (fire, owner)
             if event == "unlock":
                 continue
+            if event in ("pause", "resume"):  # the operator's, not a fire's
+                ident = ("", stream_id)
+                runs[ident] = FireRun("", event, by=fields.get("by", ""),
+                                      reason=fields.get("reason", ""), start_ms=at_ms)
+                until = fields.get("until_ms", "")
+                runs[ident].end_ms = int(until) if until.isdigit() else None
+                order.append(ident)
+                continue
             if ident not in runs:
                 runs[ident] = FireRun(fire, "", fields.get("host", ""), owner)
                 order.append(ident)
@@ -141,10 +209,15 @@ class Admin:
                     else None
                 outcome = fields.get("outcome", "exited")
                 run.outcome = "ran" if outcome == "exited" else outcome
+                run.by = fields.get("by") or run.by
+            elif event == "cancel":  # asked to stop; the end says when it did
+                run.by = fields.get("by", "")
             elif event == "lost" and run.end_ms is None:
                 run.outcome = "lost"
             elif event == "skip":
-                run.outcome = f"skipped-{fields.get('reason', 'skip')}"
+                reason = fields.get("reason", "skip")
+                run.outcome = "paused" if reason == "paused" else f"skipped-{reason}"
+                run.by, run.reason = fields.get("by", ""), fields.get("why", "")
                 run.end_ms = at_ms
             elif event == "abandon":  # claimed, not started, handed back to the fleet
                 run.outcome = "given-back"
@@ -172,7 +245,7 @@ class Admin:
         from lockrun.schedule import current_slot
 
         first = self.first_fire(key)
-        seen = {row.fire for row in rows}
+        seen = {row.fire for row in rows if row.fire}
         expected: list[FireRun] = []
         t = now
         for _ in range(limit):
@@ -194,12 +267,53 @@ class Admin:
             return "running" if row.outcome == "started" else "lost"
         return "crashed" if row.outcome == "started" else "lost"
 
+    def pause_of(self, key: str | None) -> Pause | None:
+        """The pause that holds *key* now (its own first), or the fleet's (key None)."""
+        if key is not None:
+            own = Pause.from_hash("job", self.client.hgetall(self._keys(key)["pause"]))
+            if own is not None:
+                return own
+        return Pause.from_hash("all", self.client.hgetall(fleet_keys(self.prefix)["pause"]))
+
+    def _pause_keys(self, key: str | None) -> dict[str, str]:
+        return self._keys(key) if key is not None else fleet_keys(self.prefix)
+
+    def pause(self, key: str | None, reason: str, until_ms: int | None) -> bool:
+        """Pause *key* (None: every job); False if *until_ms* had passed by Redis's clock."""
+        k = self._pause_keys(key)
+        r = self.client.call(PAUSE.source, *PAUSE.bind(
+            {"pause_key": k["pause"], "hist_key": k["hist"]}, by=whoami(), reason=reason,
+            until_ms="" if until_ms is None else str(until_ms), maxlen=HISTORY_MAXLEN,
+            scope="job" if key is not None else "all"))
+        return r[0] == "ok"
+
+    def resume(self, key: str | None) -> bool:
+        """Lift the pause of *key* (None: the fleet's); False if there was none."""
+        k = self._pause_keys(key)
+        r = self.client.call(RESUME.source, *RESUME.bind(
+            {"pause_key": k["pause"], "hist_key": k["hist"]}, by=whoami(),
+            maxlen=HISTORY_MAXLEN, scope="job" if key is not None else "all"))
+        return r[0] == "ok"
+
+    def cancel(self, key: str, fire: str | None) -> tuple[str, str] | None:
+        """Ask the server running *fire* (default: the one the overlap guard names) to stop
+        it: (fire, host), or None when nothing of *key* is running there."""
+        from lockrun.protocol import request_cancel
+
+        if fire is None:
+            fire = str(self.client.hgetall(self._keys(key)["running"]).get("fire", ""))
+            if not fire:
+                return None
+        running, host = request_cancel(self.client, key, fire, whoami(), self.prefix)
+        return (fire, host) if running else None
+
     def status(self, key: str) -> KeyStatus:
-        status = KeyStatus(key, guard=self.client.hgetall(self._keys(key)["running"]))
+        status = KeyStatus(key, guard=self.client.hgetall(self._keys(key)["running"]),
+                           paused=self.pause_of(key))
         for row in self.history(key, 20):
             if row.outcome == "running":
                 status.running.append(row)
-            elif status.last is None and row.outcome != "running":
+            elif status.last is None and row.fire and row.outcome != "running":
                 status.last = row
         return status
 
@@ -207,14 +321,16 @@ class Admin:
         k = self._keys(key, fire or "-")
         removed = self.client.call(UNLOCK.source, *UNLOCK.bind(
             {"fire_key": k["fire"], "guard_key": k["running"], "hist_key": k["hist"]},
-            fire=fire, by=f"{_whoami()}@{socket.gethostname()}", maxlen=HISTORY_MAXLEN))
-        return [str(r) for r in removed]
+            fire=fire, by=whoami(), maxlen=HISTORY_MAXLEN))
+        return [str(r) for r in removed] if isinstance(removed, list) else []
 
 
-def _whoami() -> str:
+def whoami() -> str:
+    """user@host: who asked, as the history records it."""
     import getpass
 
     try:
-        return getpass.getuser()
+        user = getpass.getuser()
     except (KeyError, OSError):
-        return "unknown"
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"

@@ -1,4 +1,4 @@
-"""The admin verbs' command line: status, history, unlock, doctor.
+"""The admin verbs' command line: status, history, unlock, doctor, pause, resume.
 
 Parsing and rendering only; the answers come from lockrun.admin and
 lockrun.doctor. Every verb has --json for scripts and a table for people.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -24,6 +24,9 @@ from lockrun.options import (
     password,
     tls_files,
 )
+
+if TYPE_CHECKING:
+    from lockrun.admin import FireRun, Pause
 
 _connection_options = apply([
     *connection_options(),
@@ -94,8 +97,19 @@ def status(key: str | None, as_json: bool, **options: Any) -> None:
         last = s.last
         rows.append([s.key, running, last.fire if last else "-", last.outcome if last else "-",
                      str(last.exit) if last and last.exit is not None else "-",
-                     _seconds(last.duration_s) if last else "-", last.host if last else "-"])
-    _table(["KEY", "RUNNING", "LAST FIRE", "OUTCOME", "EXIT", "DURATION", "HOST"], rows)
+                     _seconds(last.duration_s) if last else "-", last.host if last else "-",
+                     _paused(s.paused)])
+    _table(["KEY", "RUNNING", "LAST FIRE", "OUTCOME", "EXIT", "DURATION", "HOST", "PAUSED"],
+           rows)
+
+
+def _paused(p: Pause | None) -> str:
+    """'by root@a until 2026-11-28 06:00:00Z (all jobs): upgrade' or '-'."""
+    if p is None:
+        return "-"
+    until = f" until {_when(p.until_ms)}" if p.until_ms is not None else ""
+    scope = " (all jobs)" if p.scope == "all" else ""
+    return f"by {p.by}{until}{scope}" + (f": {p.reason}" if p.reason else "")
 
 
 @admin.command()
@@ -131,9 +145,17 @@ def history(key: str, limit: int, schedule: str | None, tz: str | None, grace: f
         click.echo(json.dumps([r.to_json() for r in rows], indent=2))
         return
     _table(["FIRE", "HOST", "START", "END", "DURATION", "OUTCOME", "EXIT"],
-           [[r.fire, r.host or "-", _when(r.start_ms), _when(r.end_ms), _seconds(r.duration_s),
-             r.outcome + (" (recorded late)" if r.recorded_late else ""),
-             "-" if r.exit is None else str(r.exit)] for r in rows])
+           [[r.fire or f"({r.outcome})", r.host or r.by or "-", _when(r.start_ms),
+             _when(r.end_ms), _seconds(r.duration_s) if r.fire else "-",
+             _outcome(r), "-" if r.exit is None else str(r.exit)] for r in rows])
+
+
+def _outcome(r: FireRun) -> str:
+    """The outcome, with who asked and why where an operator did (pause, resume)."""
+    text = r.outcome + (" (recorded late)" if r.recorded_late else "")
+    if r.by and r.fire:
+        text += f" by {r.by}"
+    return text + (f": {r.reason}" if r.reason else "")
 
 
 @admin.command()
@@ -215,4 +237,115 @@ def doctor(max_skew: float, as_json: bool, **options: Any) -> None:
         for c in checks:
             click.echo(f"{c.status:<4}  {c.name}: {c.detail}")
     if any(c.status == FAIL for c in checks):
+        sys.exit(ExitCode.NEGATIVE)
+
+
+def _pause_target(key: str | None, every: bool) -> str | None:
+    """KEY or --all, exactly one: None means every job."""
+    from lockrun.fire import validate_name
+
+    if every == (key is not None):
+        raise UsageError("give a KEY or --all, not both and not neither")
+    return None if every else validate_name(str(key), "key")
+
+
+def _until(for_: float | None, until: str | None, now: float) -> int | None:
+    """--for or --until as epoch milliseconds (None: until resumed), checked before Redis."""
+    if for_ is not None and until is not None:
+        raise UsageError("--for and --until cannot be used together")
+    if for_ is not None:
+        return round((now + for_) * 1000)
+    if until is None:
+        return None
+    from datetime import datetime
+
+    try:
+        moment = datetime.fromisoformat(until)
+    except ValueError:
+        raise UsageError(f"invalid --until {until[:60]!r}: give an ISO 8601 time such as "
+                         "2026-11-28T06:00 (local time) or 2026-11-28T06:00Z") from None
+    at = moment.timestamp()  # a time without a zone is this server's local time
+    if at <= now:
+        raise UsageError(f"--until {until} is already past")
+    return round(at * 1000)
+
+
+def _reason(text: str) -> str:
+    if len(text) > 500 or any(c < " " or c == "\x7f" for c in text):
+        raise UsageError("--reason must be one line of at most 500 characters")
+    return text
+
+
+@admin.command()
+@click.argument("key", required=False)
+@click.option("--all", "every", is_flag=True, help="Pause every job that uses this Redis "
+                                                   "(and this --key-prefix).")
+@click.option("--for", "for_", **duration(positive=True),
+              help="Resume by itself after this long.")
+@click.option("--until", metavar="TIME", help="Resume by itself at this time (ISO 8601; "
+                                             "local time unless it ends in Z or +HH:MM).")
+@click.option("--reason", default="", metavar="TEXT", help="Why: shown by status and kept in "
+                                                          "the history.")
+@_connection_options
+def pause(key: str | None, every: bool, for_: float | None, until: str | None, reason: str,
+          as_json: bool, **options: Any) -> None:
+    """Make every server skip KEY (or every job) until resumed or until the pause expires."""
+    target = _pause_target(key, every)
+    until_ms = _until(for_, until, time.time())
+    why = _reason(reason)
+    adm = _admin(options)
+    if not adm.pause(target, why, until_ms):
+        raise UsageError("the pause would end before it starts: its end is already past by "
+                         "the Redis server's clock")
+    what = target or "every job"
+    if as_json:
+        click.echo(json.dumps({"key": target, "scope": "job" if target else "all",
+                               "until_ms": until_ms, "reason": why, "paused": True}))
+    else:
+        click.echo(f"paused {what}" + (f" until {_when(until_ms)}" if until_ms else
+                                      " until resumed") + (f": {why}" if why else ""))
+
+
+@admin.command()
+@click.argument("key", required=False)
+@click.option("--all", "every", is_flag=True, help="Lift the pause of every job (set by "
+                                                   "pause --all); a job's own pause stays.")
+@_connection_options
+def resume(key: str | None, every: bool, as_json: bool, **options: Any) -> None:
+    """Lift a pause: KEY's own, or with --all the one that pauses every job."""
+    target = _pause_target(key, every)
+    resumed = _admin(options).resume(target)
+    what = target or "every job"
+    if as_json:
+        click.echo(json.dumps({"key": target, "scope": "job" if target else "all",
+                               "resumed": resumed}))
+    else:
+        click.echo(f"resumed {what}" if resumed else f"{what} was not paused")
+    if not resumed:
+        sys.exit(ExitCode.NEGATIVE)
+
+
+@admin.command()
+@click.argument("key")
+@click.option("--fire", metavar="ID", help="The fire to stop (default: the one the overlap "
+                                          "guard names, i.e. the one running now).")
+@_connection_options
+def cancel(key: str, fire: str | None, as_json: bool, **options: Any) -> None:
+    """Stop a running fire of KEY on whichever server runs it, and record it as cancelled."""
+    from lockrun.fire import validate_name
+
+    validate_name(key, "key")
+    if fire is not None:
+        validate_name(fire, "fire id")
+    found = _admin(options).cancel(key, fire)
+    if as_json:
+        click.echo(json.dumps({"key": key, "fire": found[0] if found else fire,
+                               "host": found[1] if found else None,
+                               "requested": found is not None}))
+    elif found:
+        click.echo(f"asked {found[1] or 'its server'} to stop {key} fire {found[0]}: it stops "
+                   "the job at its next renewal (within ttl/3), then --kill-after")
+    else:
+        click.echo(f"nothing of {key} is running" + (f" as fire {fire}" if fire else ""))
+    if not found:
         sys.exit(ExitCode.NEGATIVE)

@@ -12,7 +12,7 @@ if TYPE_CHECKING:  # neither is needed unless --schedule or TLS is used
     from lockrun.schedule import Slot
 
     # The choice options' words (tests/test_argv.py checks them against the table).
-    Overlap: TypeAlias = Literal["skip", "allow"]
+    Overlap: TypeAlias = Literal["skip", "allow", "replace"]
     OnRedisError: TypeAlias = Literal["fail", "skip", "run"]
     OnLost: TypeAlias = Literal["warn", "kill"]
 

@@ -32,6 +32,9 @@ class ExitCode:
     """As the shell: the command exists but cannot be executed."""
     NOT_FOUND: Final = 127
     """As the shell: the command was not found."""
+    CANCELLED: Final = 143
+    """128 + SIGTERM: the job was stopped by ``lockrun cancel`` or replaced by a newer fire
+    (``--overlap replace``), whatever its own exit status."""
     SIGNAL_BASE: Final = 128
     """A child killed by signal N gives 128+N, as in the shell."""
 

@@ -305,8 +305,9 @@ WRAPPER: tuple[Option, ...] = (
               "scheduled time.  [default: 60s]", positive=True),
     _duration("max_skew", "Warn when this server's clock differs from Redis's by more "
               "(0: never).  [default: 2s]"),
-    _choice("overlap", ("skip", "allow"),
-            "skip: skip while an earlier fire of this key still runs.  [default: skip]"),
+    _choice("overlap", ("skip", "allow", "replace"),
+            "skip: skip while an earlier fire of this key still runs; allow: run anyway; "
+            "replace: stop the earlier run, then run.  [default: skip]"),
     _duration("retention", "How long a finished fire's done record is kept (>= 2m).  "
               "[default: 24h]", minimum=120.0,
               why=": a shorter one lets a late server rerun a fire"),

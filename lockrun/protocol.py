@@ -29,14 +29,23 @@ HISTORY_MAXLEN = 1000
 # if absent, with a TTL) and later turns into the done record in place. The
 # fence is max(previous + 1, server time in microseconds): strictly increasing,
 # and still increasing if the counter key is ever lost.
-ACQUIRE = Script(("fire_key", "guard_key", "fence_key", "hist_key"),
-                 ("owner", "ttl_ms", "guard", "fire", "host", "pid", "maxlen", "local_ms"), """
+#
+# A paused job (its own pause hash, or the fleet's) is not claimed: the fire is
+# recorded 'paused' for the retention, once, so every other server skips it
+# without writing again and the history says why it did not run. The fleet's
+# flag lives outside the job's slot; on Cluster the client reads it first and
+# passes what it found (fleet_read 0), elsewhere the script reads it itself.
+ACQUIRE = Script(("fire_key", "guard_key", "fence_key", "hist_key", "pause_key",
+                  "fleet_pause_key"),
+                 ("owner", "ttl_ms", "guard", "fire", "host", "pid", "maxlen", "local_ms",
+                  "retention_ms", "fleet_read", "fleet_by", "fleet_reason"), """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if string.find(redis.call('INFO', 'replication'), 'role:slave', 1, true) then
   return {'replica', 0, now_ms, '', ''}
 end
-local h = redis.call('HMGET', fire_key, 'owner', 'state', 'fence', 'host', 'start')
+local h = redis.call('HMGET', fire_key, 'owner', 'state', 'fence', 'host', 'start', 'by',
+  'reason')
 if h[1] then
   if h[1] == owner and h[2] == 'running' then
     return {'ok', tonumber(h[3]), now_ms, '', ''}
@@ -44,6 +53,28 @@ if h[1] then
   local why = 'held'
   if h[2] == 'done' then why = 'done' end
   return {why, tonumber(h[3]) or 0, now_ms, h[4] or '', h[5] or ''}
+end
+if h[2] == 'paused' then
+  return {'paused', 0, now_ms, h[6] or '', h[7] or ''}
+end
+local p = redis.call('HMGET', pause_key, 'by', 'reason')
+local scope = 'job'
+if not p[1] then
+  scope = 'all'
+  if fleet_read == '1' then
+    p = redis.call('HMGET', fleet_pause_key, 'by', 'reason')
+  elseif fleet_by ~= '' then
+    p = {fleet_by, fleet_reason}
+  end
+end
+if p[1] then
+  redis.call('HSET', fire_key, 'state', 'paused', 'outcome', 'paused', 'by', p[1],
+    'reason', p[2] or '', 'scope', scope, 'host', host, 'pid', pid)
+  redis.call('PEXPIRE', fire_key, retention_ms)
+  redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'skip', 'fire', fire,
+    'owner', owner, 'host', host, 'pid', pid, 'reason', 'paused', 'by', p[1],
+    'why', p[2] or '', 'scope', scope)
+  return {'paused', 0, now_ms, p[1], p[2] or ''}
 end
 if guard == '1' then
   local g = redis.call('HMGET', guard_key, 'owner', 'fence', 'host', 'fire')
@@ -96,7 +127,7 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if string.find(redis.call('INFO', 'replication'), 'role:slave', 1, true) then
   return {'replica', now_ms, ''}
 end
-local h = redis.call('HMGET', fire_key, 'owner', 'state')
+local h = redis.call('HMGET', fire_key, 'owner', 'state', 'cancel_by')
 local reason = ''
 if h[1] == owner and h[2] == 'running' then
   redis.call('PEXPIRE', fire_key, ttl_ms)
@@ -116,6 +147,9 @@ if reason ~= '' then
   redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'lost',
     'fire', fire, 'owner', owner, 'host', host, 'pid', pid, 'reason', reason)
   return {'lost', now_ms, reason}
+end
+if h[3] then
+  return {'cancel', now_ms, h[3]}
 end
 return {'ok', now_ms, ''}
 """)
@@ -138,7 +172,7 @@ local finish = string.format('%.0f', now_ms)
 if guard == '1' and redis.call('HGET', guard_key, 'owner') == owner then
   redis.call('DEL', guard_key)
 end
-local h = redis.call('HMGET', fire_key, 'owner', 'state', 'fence')
+local h = redis.call('HMGET', fire_key, 'owner', 'state', 'fence', 'cancel_by')
 if h[1] == owner then
   if h[2] == 'done' then
     return {'ok', now_ms}
@@ -148,7 +182,7 @@ if h[1] == owner then
   redis.call('PEXPIRE', fire_key, retention_ms)
   redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'end',
     'fire', fire, 'owner', owner, 'host', host, 'pid', pid,
-    'fence', h[3], 'exit', exit, 'outcome', outcome)
+    'fence', h[3], 'exit', exit, 'outcome', outcome, 'by', h[4] or '')
   return {'ok', now_ms}
 end
 redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'end',
@@ -180,6 +214,34 @@ return {1}
 """)
 
 
+# Asks the server that runs a fire to stop it: its next renewal (within ttl/3)
+# finds the request, stops the job's tree as --on-lost kill does and records the
+# end as 'cancelled'. Only a running claim can be cancelled; the request and who
+# made it are in the history at once.
+CANCEL = Script(("fire_key", "hist_key"), ("fire", "by", "maxlen"), """
+local h = redis.call('HMGET', fire_key, 'owner', 'state', 'host', 'cancel_by')
+if h[2] ~= 'running' then
+  return {'none', '', ''}
+end
+if not h[4] then
+  redis.call('HSET', fire_key, 'cancel_by', by)
+  redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'cancel', 'fire', fire,
+    'owner', h[1], 'host', h[3] or '', 'by', by)
+end
+return {'ok', h[3] or '', h[4] or by}
+""")
+
+
+def request_cancel(client: LockClient, key: str, fire: str, by: str,
+                   prefix: str = "lockrun") -> tuple[bool, str]:
+    """Ask the holder of *fire* to stop it: (whether it is running, on which host)."""
+    k = job_keys(key, fire, prefix)
+    r = client.call(CANCEL.source, *CANCEL.bind(  # one attempt: an operator asks again
+        {"fire_key": k["fire"], "hist_key": k["hist"]}, fire=fire, by=by,
+        maxlen=HISTORY_MAXLEN))
+    return r[0] == "ok", str(r[1])
+
+
 # The end was written, but lockrun cannot be sure it stays where the next server
 # looks (a failover under way): said in the history, next to the 'end' event.
 DOUBT = Script(("hist_key",), ("owner", "fire", "host", "pid", "maxlen", "reason"), """
@@ -187,6 +249,11 @@ redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'possible-dupl
   'fire', fire, 'owner', owner, 'host', host, 'pid', pid, 'reason', reason)
 return {1}
 """)
+
+
+FLEET_TAG = "=fleet"
+"""The hash tag of the fleet-wide keys: '=' is no job key's character, so no job's keys
+can share their names."""
 
 
 def job_keys(key: str, fire: str, prefix: str = "lockrun") -> dict[str, str]:
@@ -197,7 +264,14 @@ def job_keys(key: str, fire: str, prefix: str = "lockrun") -> dict[str, str]:
         "running": f"{base}:running",
         "fence": f"{base}:fence",
         "hist": f"{base}:hist",
+        "pause": f"{base}:pause",
     }
+
+
+def fleet_keys(prefix: str = "lockrun") -> dict[str, str]:
+    """The fleet-wide pause flag and its audit trail: the only keys outside a job's slot."""
+    base = f"{prefix}:{{{FLEET_TAG}}}"
+    return {"pause": f"{base}:pause", "hist": f"{base}:hist"}
 
 
 def whole(reply: object) -> int:
@@ -241,12 +315,15 @@ class Acquired:
 
 
 class Renewed:
-    __slots__ = ("ok", "reason", "server_ms")
+    __slots__ = ("cancel_by", "ok", "reason", "server_ms")
 
-    def __init__(self, ok: bool, server_ms: int, reason: str = "") -> None:
+    def __init__(self, ok: bool, server_ms: int, reason: str = "", cancel_by: str = "") -> None:
         self.ok: Final = ok
         self.server_ms: Final = server_ms
         self.reason: Final = reason
+        self.cancel_by: Final = cancel_by
+        """Renewed, and someone (user@host, or the fire that replaces this one) asked that
+        the job be stopped."""
 
 
 class Lease:
@@ -275,17 +352,29 @@ class Lease:
         """*script*'s KEYS and ARGV: this fire's keys and identity, plus *args* by name."""
         k = self.keys
         names = {"fire_key": k["fire"], "guard_key": k["running"], "fence_key": k["fence"],
-                 "hist_key": k["hist"]}
+                 "hist_key": k["hist"], "pause_key": k["pause"],
+                 "fleet_pause_key": fleet_keys(self.prefix)["pause"]}
         identity: dict[str, str | int] = {
             "owner": self.owner, "guard": "1" if self.guard else "0", "fire": self.fire,
             "host": self.host, "pid": os.getpid(), "maxlen": HISTORY_MAXLEN}
         return script.bind({n: names[n] for n in script.keys},
                            **{n: identity[n] for n in script.args if n in identity}, **args)
 
-    def acquire(self) -> Acquired:
+    def acquire(self, retention_ms: int = 86_400_000) -> Acquired:
+        """Claim the fire, or say why not; *retention_ms* is how long a 'paused' record of
+        the fire is kept (the done record's retention)."""
         local_ms = round(time.time() * 1000)
-        r = self.client.call_retrying(
-            ACQUIRE.source, *self._bind(ACQUIRE, ttl_ms=self.ttl_ms, local_ms=local_ms))
+        fleet = {"fleet_read": "1", "fleet_by": "", "fleet_reason": ""}
+        if self.client.cluster:  # the fleet's flag is in another slot: read it first
+            by, reason = self.client.command("HMGET", fleet_keys(self.prefix)["pause"], "by",
+                                             "reason")
+            fleet = {"fleet_read": "0", "fleet_by": str(by or ""),
+                     "fleet_reason": str(reason or "")}
+        keys, args = self._bind(ACQUIRE, ttl_ms=self.ttl_ms, local_ms=local_ms,
+                                retention_ms=retention_ms, **fleet)
+        if self.client.cluster:  # a key of the job's slot in its place (read as unpaused)
+            keys[ACQUIRE.keys.index("fleet_pause_key")] = self.keys["pause"]
+        r = self.client.call_retrying(ACQUIRE.source, keys, args)
         result = Acquired(str(r[0]), whole(r[1]), whole(r[2]), str(r[3]), str(r[4]))
         if result.status == "replica":
             # a replica with replica-read-only no would take the claim, and the
@@ -308,6 +397,8 @@ class Lease:
             raise RedisUnavailable(
                 f"Redis at {redact(self.client.url)} answered as a replica: cannot renew the "
                 "lease there")
+        if r[0] == "cancel":
+            return Renewed(True, whole(r[1]), cancel_by=str(r[2]))
         return Renewed(r[0] == "ok", whole(r[1]), str(r[2]))
 
     def record_miss(self, retention_ms: int, late_ms: int) -> bool:

@@ -94,13 +94,13 @@ def _run(cfg: Config, out: Reporter) -> int:
                 inbox.wait(deadline - time.monotonic())
             if inbox.pending:
                 return ExitCode.SIGNAL_BASE + inbox.pending[0]
-        lease = _lease(cfg, client, guard=cfg.overlap == "skip")
+        lease = _lease(cfg, client, guard=cfg.overlap != "allow")
         # The lease runs from the moment the request leaves, not from the reply:
         # Redis may have set the key's expiry up to a whole round trip earlier.
         claimed_at = time.monotonic()
         sent = time.time()
         try:
-            acq = lease.acquire()
+            acq = lease.acquire(cfg.retention_ms(sent))
         except RedisUnavailable as exc:
             if exc.reply_lost:  # first: every other server skips until it is back
                 _trygive_back(lease, "the reply to the claim was lost")
@@ -109,6 +109,11 @@ def _run(cfg: Config, out: Reporter) -> int:
         state.redis_ok()
         _check_clock(cfg, out, (sent + time.time()) / 2 - acq.server_ms / 1000,
                      time.monotonic() - claimed_at)
+        if acq.status == "overlap" and cfg.overlap == "replace":
+            replaced = _replace(cfg, out, lease, acq, inbox)
+            if isinstance(replaced, int):
+                return replaced
+            acq, claimed_at = replaced
         if not acq.won:
             out.info(_skip_reason(cfg, acq))
             hooks.skipped()
@@ -295,6 +300,43 @@ def _too_late(cfg: Config, out: Reporter, slot: Slot, client: LockClient,
     return cfg.skip_exit_code
 
 
+def _replace(cfg: Config, out: Reporter, lease: Lease, acq: Acquired,
+             inbox: SignalInbox) -> tuple[Acquired, float] | int:
+    """--overlap replace: ask the earlier run to stop, wait for its guard to go, then claim.
+
+    The earlier run's next renewal (within its ttl/3) sees the request and stops
+    its job's tree as --on-lost kill does; its release removes the guard. Until
+    then this server claims nothing, so the two runs never overlap, and the new
+    claim's fence is higher. The wait is bounded by ttl/3 + --kill-after (plus
+    two Redis timeouts), computed from this line's options; a stop signal ends
+    it at once. Returns the new claim (and when it was sent) or an exit status.
+    """
+    from lockrun.config import RENEWALS_PER_TTL
+    from lockrun.protocol import request_cancel
+
+    old, old_host = acq.holder_detail, acq.holder_host
+    by = f"fire {cfg.fire} on {host_name()} (--overlap replace)"
+    request_cancel(lease.client, cfg.key, old, by, cfg.key_prefix)
+    out.info(f"asked fire {old} of {cfg.key} on {old_host} to stop: fire {cfg.fire} "
+             "replaces it")
+    bound = cfg.ttl / RENEWALS_PER_TTL + cfg.kill_after + 2 * cfg.redis_timeout
+    deadline = time.monotonic() + bound
+    step = min(0.5, max(0.05, cfg.ttl / 20))
+    while True:
+        inbox.wait(min(step, max(0.0, deadline - time.monotonic())))
+        if inbox.pending:  # nothing claimed yet: nothing to give back
+            return ExitCode.SIGNAL_BASE + inbox.pending[0]
+        claimed_at = time.monotonic()
+        acq = lease.acquire(cfg.retention_ms(time.time()))
+        if acq.status != "overlap" or acq.holder_detail != old:
+            return acq, claimed_at  # claimed, or something else now decides: say it
+        if time.monotonic() >= deadline:
+            out.error(f"fire {old} of {cfg.key} on {old_host} did not stop within "
+                      f"{bound:g}s of being asked; not running fire {cfg.fire} "
+                      "(--overlap replace)")
+            return cfg.skip_exit_code
+
+
 def _replicated(cfg: Config, out: Reporter, lease: Lease) -> bool:
     """--wait-replicas: a claim only the primary holds dies with it in a failover."""
     try:
@@ -332,6 +374,9 @@ def _check_clock(cfg: Config, out: Reporter, skew: float, round_trip: float) -> 
 
 def _skip_reason(cfg: Config, acq: Acquired) -> str:
     where = f"{cfg.key} fire {cfg.fire}"
+    if acq.status == "paused":
+        why = f": {acq.holder_detail}" if acq.holder_detail else ""
+        return f"skipped {where}: paused by {acq.holder_host}{why}"
     if acq.status == "done":
         return f"skipped {where}: already done by {acq.holder_host} (fence {acq.fence})"
     if acq.status == "overlap":

@@ -99,6 +99,8 @@ class Supervisor:
         self.timed_out = False
         self.kill_at: float | None = None
         self.cleaning = False
+        self.cancelled_by = ""
+        """Who asked for the job to stop (lockrun cancel, or a fire that replaces it)."""
 
     def run(self, program: str, env: dict[str, str]) -> int:
         cfg = self.cfg
@@ -148,10 +150,13 @@ class Supervisor:
             self.inbox.wait(self._next_wake(timeout_at))
         child.restore_terminal()
         code = ExitCode.TIMEOUT if self.timed_out else from_wait_status(child.status or 0)
+        if self.cancelled_by and not self.timed_out:
+            code = ExitCode.CANCELLED  # whatever the job's own answer to SIGTERM was
         if self.lease is not None and self.lost:
             self._record_lost_end(int(code))
         elif self.lease is not None:
-            outcome = "timeout" if self.timed_out else "exited"
+            outcome = ("timeout" if self.timed_out else "cancelled" if self.cancelled_by
+                       else "exited")
             release(self.lease, cfg, self.out, int(code), outcome, self.state)
         if cfg.mail_on_failure and code != 0 and not self.timed_out:  # a timeout said so
             # cron mails output only: a job that fails silently would go unnoticed
@@ -193,11 +198,22 @@ class Supervisor:
                     self.renew_failing = False
                     self.lease_deadline = now + self.cfg.ttl
                     self.next_renew = now + self.interval
+                    if renewed.cancel_by and not self.cancelled_by:
+                        self._cancel(child, renewed.cancel_by)
                 else:
                     self._lose(child, renewed.reason)
                     return
         if time.monotonic() >= self.lease_deadline:
             self._lose(child, f"no successful renewal within the {self.cfg.ttl:g}s ttl")
+
+    def _cancel(self, child: Child, by: str) -> None:
+        """Stop the job as --on-lost kill would: the lease stays ours until it ends, so the
+        end is recorded (as 'cancelled') and nothing else starts meanwhile."""
+        self.cancelled_by = by
+        self.out.warning(f"{self.cfg.key} fire {self.cfg.fire} cancelled by {by}; stopping "
+                         "the job")
+        if child.status is None:
+            self._stop(child, time.monotonic())
 
     def _lose(self, child: Child, reason: str) -> None:
         self.lost = True

@@ -77,6 +77,9 @@ def wrapper(command: tuple[str, ...], **options: Value) -> int:
       lockrun history KEY      who ran each fire, when, and how it ended
       lockrun unlock KEY       force-release a stuck lock
       lockrun doctor           check that Redis is safe for lockrun
+      lockrun pause KEY|--all  make every server skip a job until resumed
+      lockrun resume KEY|--all lift a pause
+      lockrun cancel KEY       stop a running fire, wherever it runs
     """
     import time
 

@@ -20,7 +20,7 @@ import pytest
 from conftest import LOCKRUN, RedisServer, lockrun_env
 
 ROOT = Path(__file__).resolve().parent.parent
-VERBS = {"status", "history", "unlock", "doctor"}
+VERBS = {"status", "history", "unlock", "doctor", "pause", "resume", "cancel"}
 UNUSED_URL = "redis://127.0.0.1:9/0"  # discard port: nothing here answers, nothing may try
 
 
@@ -51,7 +51,8 @@ def offered(*words: str, env: dict[str, str] | None = None, url: str = UNUSED_UR
 
 @pytest.mark.parametrize(("word", "expected"), [
     ("", VERBS), ("sta", {"status"}), ("h", {"history"}), ("u", {"unlock"}),
-    ("d", {"doctor"}), ("x", set()),
+    ("d", {"doctor"}), ("p", {"pause"}), ("r", {"resume"}), ("c", {"cancel"}),
+    ("x", set()),
 ])
 def test_the_first_word_offers_the_verbs(word: str, expected: set[str]) -> None:
     assert offered(word) == expected
@@ -85,7 +86,7 @@ def test_after_a_verb_come_that_verbs_options(verb: str, has: set[str],
     (["-k", "job", "--on"], {"--on-redis-error", "--on-lost"}),
     (["-k", "job", "--on-lost", ""], {"warn", "kill"}),
     (["-k", "job", "--on-lost", "k"], {"kill"}),
-    (["-k", "job", "--overlap", ""], {"skip", "allow"}),
+    (["-k", "job", "--overlap", ""], {"skip", "allow", "replace"}),
     (["--on-redis-error", ""], {"fail", "skip", "run"}),
     (["-k", "job", "-v", "--log-format", ""], {"text", "json"}),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)

@@ -10,6 +10,7 @@ from pathlib import Path
 from conftest import LOCKRUN, RedisServer, faketime_env, lockrun_env
 from cronlab import as_cron_runs_it, readme_crontab_block
 
+from lockrun.cli import ADMIN_VERBS
 from lockrun.exitcodes import ExitCode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,7 +18,7 @@ MAN = (ROOT / "man" / "lockrun.1").read_text()
 README = (ROOT / "README.md").read_text()
 
 
-VERBS = ("status", "history", "unlock", "doctor")
+VERBS = ADMIN_VERBS
 
 
 def _help(*verb: str) -> str:
@@ -53,7 +54,7 @@ def test_every_environment_variable_in_help_is_in_the_man_page() -> None:
 
 def test_every_exit_code_is_in_both_tables() -> None:
     codes = ExitCode.members()
-    assert len(codes) == 9 and codes["USAGE"] == 64
+    assert len(codes) == 10 and codes["USAGE"] == 64 and codes["CANCELLED"] == 143
     for name, code in codes.items():
         if code in (ExitCode.OK, ExitCode.SIGNAL_BASE):
             continue

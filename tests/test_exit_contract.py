@@ -64,6 +64,9 @@ VERBS = (
     Verb("status KEY", ("status", "K"), 75, 1),
     Verb("history KEY", ("history", "K"), 75, 1),
     Verb("unlock KEY --yes", ("unlock", "K", "--yes"), 75, 1),
+    Verb("pause KEY", ("pause", "K", "--reason", "maintenance"), 75, 1),
+    Verb("resume --all", ("resume", "--all"), 75, 1),
+    Verb("cancel KEY --fire", ("cancel", "K", "--fire", "f1"), 75, 1),
     Verb("doctor", ("doctor",), 1, 1),
 )
 

@@ -33,7 +33,9 @@ def test_acquire_is_idempotent_for_its_own_owner(redis_server: RedisServer, key:
     first = lease(redis_server, key)
     keys = job_keys(key, "f1")
     # The script ran on the server but its reply never reached us:
-    script_keys, args = first._bind(ACQUIRE, ttl_ms=10_000, local_ms=round(time.time() * 1000))
+    script_keys, args = first._bind(ACQUIRE, ttl_ms=10_000, local_ms=round(time.time() * 1000),
+                                    retention_ms=60_000, fleet_read="1", fleet_by="",
+                                    fleet_reason="")
     redis_server.client().eval(ACQUIRE.source, len(script_keys), *script_keys, *args)
     retried = first.acquire()
     assert retried.won

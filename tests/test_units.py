@@ -80,7 +80,15 @@ def test_all_keys_of_a_job_share_one_hash_tag() -> None:
         "running": "lockrun:{backup}:running",
         "fence": "lockrun:{backup}:fence",
         "hist": "lockrun:{backup}:hist",
+        "pause": "lockrun:{backup}:pause",
     }
+    # the fleet's pause flag and its audit share a slot of their own, which no job's
+    # name can take ('=' is not a key character)
+    from lockrun.fire import NAME_CHARS
+    from lockrun.protocol import FLEET_TAG, fleet_keys
+
+    assert fleet_keys() == {"pause": "lockrun:{=fleet}:pause", "hist": "lockrun:{=fleet}:hist"}
+    assert not NAME_CHARS.issuperset(FLEET_TAG)
 
 
 def test_owner_tokens_are_unique_and_name_the_process() -> None:
