@@ -80,7 +80,11 @@ SKIP_UNIX = "lockrun skip, unix socket"
 SKIP_UNIX_ACL = "lockrun skip, unix socket, ACL user+password"
 SKIP_TCP = "lockrun skip, TCP"
 SKIP_TCP_ACL = "lockrun skip, TCP, ACL user+password"
-SKIP_CASES = (SKIP_UNIX, SKIP_UNIX_ACL, SKIP_TCP, SKIP_TCP_ACL)
+SKIP_PAUSED = "lockrun skip, paused job, unix socket"
+PAUSED_KEY = "bench-paused"
+"""Paused with lockrun pause before the runs; each run is a fresh fire, so every one
+reads the pause flags and writes the fire's 'paused' record (issue 13)."""
+SKIP_CASES = (SKIP_UNIX, SKIP_UNIX_ACL, SKIP_TCP, SKIP_TCP_ACL, SKIP_PAUSED)
 PIP_SKIP_CASE = "lockrun skip via pip's console script (site imported)"
 RUN_CASE = "lockrun run (-- true), unix socket"
 HELP_CASE = "lockrun --help"
@@ -777,6 +781,7 @@ def build_cases(measured: Measured, server: RedisServer, peers: Peers) -> list[C
         Case(SKIP_UNIX_ACL, lambda _: fire_argv(lockrun, unix_acl, SKIP_KEY, SKIP_FIRE)),
         Case(SKIP_TCP, lambda _: fire_argv(lockrun, tcp, SKIP_KEY, SKIP_FIRE)),
         Case(SKIP_TCP_ACL, lambda _: fire_argv(lockrun, tcp_acl, SKIP_KEY, SKIP_FIRE)),
+        Case(SKIP_PAUSED, lambda tag: fire_argv(lockrun, unix, PAUSED_KEY, f"paused-{tag}")),
     ]
     pip_script = measured.pip_script
     if pip_script is not None:
@@ -868,6 +873,15 @@ def prepare_and_check(server: RedisServer, measured: Measured, env: dict[str, st
             warnings.append(f"skip via pip's console script: exit {code} {err}")
     if server.xlen(SKIP_HIST_KEY) != hist_before:
         warnings.append("a skip case appended history: it ran the job instead of skipping")
+
+    code, _, err = run_checked([*lockrun, "pause", PAUSED_KEY, "--reason", "bench",
+                                "--redis-url", unix], env)
+    inv = found["skip path, paused job (fresh fire: records it paused)"] = server.invocation(
+        fire_argv(lockrun, unix, PAUSED_KEY, "paused-check"), env)
+    state = server.hget(f"lockrun:{{{PAUSED_KEY}}}:fire:paused-check", "state")
+    if code != 0 or inv.exit_code != 0 or state != "paused":
+        warnings.append(f"paused case: pause exit {code} {err}, fire exit {inv.exit_code}, "
+                        f"state={state!r} (expected 0, 0, 'paused')")
 
     fire = "run-check"
     inv = found["run path (fresh fire: acquire, run true, release)"] = server.invocation(
