@@ -271,6 +271,8 @@ LEGITIMATE: dict[str, set[str]] = {
     "fire": NAME_LIKE,
     "key_prefix": NAME_LIKE,
     "state_dir": {""},  # no state kept: a legitimate choice, not a typo
+    # pause --reason is free text on one line: only control characters are refused
+    "reason": {"", "-1", "nan", "inf", "-inf", NINES, "1e16", "\u0663"},
 }
 
 
@@ -296,7 +298,9 @@ def _wrapper_case(option: click.Option, value: str) -> Case:
 
 
 ADMIN_BASE = {"status": ["status"], "history": ["history", "job"],
-              "unlock": ["unlock", "job", "--yes"], "doctor": ["doctor"]}
+              "unlock": ["unlock", "job", "--yes"], "doctor": ["doctor"],
+              "pause": ["pause", "job"], "resume": ["resume", "job"],
+              "cancel": ["cancel", "job"]}
 
 
 def _admin_cases() -> list[tuple[str, click.Option]]:
