@@ -79,6 +79,8 @@ def wrapper(command: tuple[str, ...], **options: Value) -> int:
       lockrun doctor           check that Redis is safe for lockrun
       lockrun pause KEY|--all  make every server skip a job until resumed
       lockrun resume KEY|--all lift a pause
+      lockrun explain -k KEY [OPTIONS] -- COMMAND
+                               what this line would do here now, and why
     """
     import time
 
