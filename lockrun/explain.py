@@ -386,7 +386,7 @@ def _shown_url(url: str) -> str:
 def _read(cfg: Config, client: LockClient, view: RedisView) -> None:
     sent = time.time()
     seconds, micros = client.command("TIME")
-    view.skew_s = round((sent + time.time()) / 2 - (int(seconds) + int(micros) / 1e6), 3)
+    view.skew_s = round((sent + time.time()) / 2 - (int(seconds) + int(micros) / 1e6), 3) + 0.0
     if not client.cluster:  # on Cluster each slot's primary answers for its own keys
         view.role = _role(client)
         if view.role != "master":
@@ -451,7 +451,7 @@ def decide(cfg: Config, schedule: ScheduleView | None, problem: str | None,
 def _too_late(cfg: Config, schedule: ScheduleView, redis: RedisView,
               skip_exit: tuple[int, str]) -> Decision:
     text = (f"too late: {_human(schedule.late_s)} after the scheduled time "
-            f"{schedule.scheduled_utc}, more than --grace {cfg.grace:g}s")
+            f"{schedule.scheduled_utc}, more than --grace {_duration(cfg.grace)}")
     if not redis.usable:
         if cfg.on_redis_error == "fail":
             return Decision("fail", "too-late", f"{text}; and Redis cannot be used "
@@ -550,25 +550,30 @@ def _why(fields: dict[str, str]) -> str:
 
 
 def _record_text(fire: dict[str, str], brief: bool = False) -> str:
-    """A fire hash in one phrase: state, host, fence, times, outcome (*brief*: the
-    state and host are said around it)."""
+    """A fire hash in one phrase, worded for its state (*brief*: the state and the host
+    are said around it, as in "already done by web2 (...)")."""
     state = fire.get("state", "?")
-    parts = [] if brief and state == "done" else [state]
-    if fire.get("host") and not brief:
-        parts.append(f"on {fire['host']}")
-    if fire.get("fence"):
-        parts.append(f"fence {fire['fence']}")
+    host = fire.get("host", "?")
+    if state == "paused":
+        return f"paused by {fire.get('by', '?')}{_why(fire)} (recorded by {host})"
+    if state == "missed":
+        return f"too late: no server started it within its grace (recorded by {host})"
+    details = []
     if fire.get("start", "").isdigit():
-        parts.append(f"started {_utc(int(fire['start']) / 1000)}")
+        details.append(f"started {_utc(int(fire['start']) / 1000)}")
     if fire.get("end", "").isdigit():
-        parts.append(f"ended {_utc(int(fire['end']) / 1000)}")
-    if fire.get("outcome") and fire.get("outcome") != state:
-        parts.append(f"outcome {fire['outcome']}")
+        details.append(f"ended {_utc(int(fire['end']) / 1000)}")
+    if fire.get("outcome"):
+        details.append(f"outcome {fire['outcome']}")
     if fire.get("exit"):
-        parts.append(f"exit {fire['exit']}")
-    if fire.get("by"):
-        parts.append(f"by {fire['by']}")
-    return ", ".join(parts)
+        details.append(f"exit {fire['exit']}")
+    if fire.get("fence"):
+        details.append(f"fence {fire['fence']}")
+    if fire.get("pid") and state == "running":
+        details.append(f"pid {fire['pid']}")
+    if brief:
+        return ", ".join(details)
+    return f"{state} on {host}" + (f" ({', '.join(details)})" if details else "")
 
 
 # Text for people.
@@ -583,7 +588,7 @@ def render(x: Explanation) -> str:
         state = (f"passed {_human(s.late_s - s.grace_s)} ago: too late" if s.too_late
                  else f"{_human(s.deadline_epoch - x.now_epoch)} left")
         lines.append(f"grace until    {s.deadline_local} ({s.deadline_utc}, --grace "
-                     f"{s.grace_s:g}s): {state}")
+                     f"{_duration(s.grace_s)}): {state}")
         lines.append(f"next fires     in {s.zone}")
         for n in s.next:
             lines.append(f"  {n.local:<28} {n.utc}")
@@ -655,6 +660,13 @@ def _ttl(pttl_ms: int | None) -> str:
     if pttl_ms < 0:
         return "no expiry"
     return f"expires in {_human(pttl_ms / 1000)}"
+
+
+def _duration(seconds: float) -> str:
+    """An option's value as it would be written: --grace 1h."""
+    from lockrun.durations import format_duration
+
+    return format_duration(seconds)
 
 
 def _human(seconds: float) -> str:

@@ -70,6 +70,7 @@ def test_the_first_word_offers_the_wrappers_options_once_it_starts_with_a_dash()
      {"--ttl", "--on-lost", "--max-skew"}),
     ("unlock", {"--fire", "-y", "--yes", "--json"}, {"--limit", "--overlap"}),
     ("doctor", {"--max-skew", "--json", "--redis-timeout"}, {"--limit", "--yes", "--ttl"}),
+    ("explain", {"-k", "--schedule", "--on-lost", "--json"}, {"--limit", "--yes", "--all"}),
 ])
 def test_after_a_verb_come_that_verbs_options(verb: str, has: set[str],
                                               lacks: set[str]) -> None:

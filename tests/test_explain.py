@@ -252,6 +252,16 @@ def test_too_late_and_redis_unusable(key: str, policy: str, status: int) -> None
     assert run_lockrun(*line, url=refused).returncode == status
 
 
+def test_a_replica_is_unusable(redis_server: RedisServer, own_redis: RedisServer,
+                               key: str) -> None:
+    own_redis.client().execute_command(  # type: ignore[no-untyped-call]
+        "REPLICAOF", "127.0.0.1", str(redis_server.port))
+    data = explain(own_redis.url, "-k", key, "--", "true")
+    assert decision(data) == ("fail", "redis-unusable", 75)
+    assert data["redis"]["role"] == "slave" and "not a primary" in data["redis"]["error"]
+    assert run_lockrun("-k", key, "--", "true", url=own_redis.url).returncode == 75
+
+
 def test_a_command_that_cannot_be_found(url: str, key: str) -> None:
     data = explain(url, "-k", key, "--", "no-such-command-xyz")
     assert decision(data) == ("fail", "command-not-found", 127)
@@ -313,7 +323,8 @@ def test_the_next_five_fires_across_dst_changes(redis_server: RedisServer, key: 
         "2026-03-29T01:00:00Z", "2026-03-30T00:30:00Z", "2026-03-31T00:30:00Z",
         "2026-04-01T00:30:00Z", "2026-04-02T00:30:00Z"]
     assert fixed[0][1] == "2026-03-29 03:00:00 CEST" and fixed[1][1] == "2026-03-30 02:30:00 CEST"
-    assert "DST gap" in fixed[0][2][0] and "02:30" in fixed[0][2][0]
+    assert fixed[0][2][0] == ("in a DST gap: local 02:30 does not exist that day; cron runs it "
+                              "at 03:00 CEST instead")
     assert all(any("UTC offset +02:00" in n for n in notes) for _, _, notes in fixed)
     assert not any("DST" in n for _, _, notes in fixed[1:] for n in notes)
 
@@ -322,7 +333,8 @@ def test_the_next_five_fires_across_dst_changes(redis_server: RedisServer, key: 
         "2026-03-29T00:00:00Z", "2026-03-29T00:30:00Z", "2026-03-29T01:00:00Z",
         "2026-03-29T01:30:00Z", "2026-03-29T02:00:00Z"]
     assert every[0][2] == [] and every[1][2] == []  # same offset as now, no DST
-    assert "DST gap" in every[2][2][0] and "02:00, 02:30" in every[2][2][0]
+    assert every[2][2][0] == ("after a DST gap: local 02:00, 02:30 do not exist that day, so "
+                              "no fire for them")
 
     # fall back, 2026-10-25 03:00 CEST -> 02:00 CET: an hourly job fires at 02:00 twice
     hourly = at("@2026-10-24 23:10:00", "0 * * * *")
@@ -330,10 +342,14 @@ def test_the_next_five_fires_across_dst_changes(redis_server: RedisServer, key: 
         "2026-10-25T00:00:00Z", "2026-10-25T01:00:00Z", "2026-10-25T02:00:00Z",
         "2026-10-25T03:00:00Z", "2026-10-25T04:00:00Z"]
     assert hourly[0][1] == "2026-10-25 02:00:00 CEST" and hourly[1][1] == "2026-10-25 02:00:00 CET"
-    assert "DST fold" in hourly[0][2][0] and "first" in hourly[0][2][0]
-    assert "DST fold" in hourly[1][2][0] and "second" in hourly[1][2][0]
+    assert hourly[0][2] == ["in a DST fold: local 02:00 occurs twice; this is the first (CEST), "
+                            "each with its own fire id"]
+    assert hourly[1][2][0] == ("in a DST fold: local 02:00 occurs twice; this is the second "
+                               "(CET), each with its own fire id")
     once = at("@2026-10-24 23:10:00", "30 2 * * *")
-    assert once[0][0] == "2026-10-25T00:30:00Z" and "runs it once" in once[0][2][0]
+    assert once[0][0] == "2026-10-25T00:30:00Z"
+    assert once[0][2] == ["in a DST fold: local 02:30 occurs twice; cron runs it once, at the "
+                          "first (CEST)"]
     assert once[1][0] == "2026-10-26T01:30:00Z"
 
     # what explain listed is what a fire then uses: the gap's fire, at 03:00:05 CEST
