@@ -275,7 +275,7 @@ def fire_in_redis(server: RedisServer, key: str, prefix: str = "lockrun") -> lis
 
 def test_the_fire_id_and_how_it_was_derived(redis_server: RedisServer, key: str) -> None:
     url = redis_server.url
-    at = faketime_env(url, "@2026-06-01 12:34:56")
+    at = faketime_env(url, "@2026-06-01 12:34:05")  # 55s before the minute ends
     minute = explain(url, "-k", f"{key}-m", "--", "true", env=at)
     assert minute["fire"] == "2026-06-01T12:34:00Z"
     assert minute["derivation"]["source"] == "minute" and minute["schedule"] is None
