@@ -1,4 +1,4 @@
-"""The admin verbs' command line: status, history, unlock, doctor, pause, resume.
+"""The admin verbs' command line: status, history, unlock, doctor, pause, resume, explain.
 
 Parsing and rendering only; the answers come from lockrun.admin and
 lockrun.doctor. Every verb has --json for scripts and a table for people.
@@ -18,12 +18,14 @@ from lockrun.exitcodes import ExitCode
 from lockrun.options import (
     PlainInt,
     apply,
+    click_option,
     connection_options,
     duration,
     env,
     password,
     tls_files,
 )
+from lockrun.optiontable import WRAPPER
 
 if TYPE_CHECKING:
     from lockrun.admin import FireRun, Pause
@@ -349,3 +351,28 @@ def cancel(key: str, fire: str | None, as_json: bool, **options: Any) -> None:
         click.echo(f"nothing of {key} is running" + (f" as fire {fire}" if fire else ""))
     if not found:
         sys.exit(ExitCode.NEGATIVE)
+@admin.command(context_settings={"allow_interspersed_args": False, "max_content_width": 100},
+               epilog="Exit status: 0 when it explains, whatever the decision (Redis "
+               "unusable included: the decision says what a fire would do); 64 for bad "
+               "input, before Redis is contacted. See lockrun(1).")
+@apply([click_option(option) for option in WRAPPER])
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="-- COMMAND [ARG]...")
+def explain(command: tuple[str, ...], as_json: bool, **options: Any) -> None:
+    """What the crontab line's lockrun would do on this server now, and why; writes nothing.
+
+    Put explain in front of the line's options (the same options, variables and
+    configuration file): it prints the fire id and how it was derived, the grace,
+    the next five scheduled fires (with --schedule), what Redis holds for the fire,
+    the overlap guard and the pauses, and the decision a fire would take now.
+    Redis is only read, with plain read commands.
+    """
+    from lockrun.explain import explain as explain_line
+    from lockrun.explain import render
+    from lockrun.optiontable import invocation
+
+    now = time.time()
+    inv = invocation(options, tuple(command), password(click.get_current_context().obj), now)
+    result = explain_line(inv.config, now, schedule=options["schedule"], tz=options["tz"],
+                          fire_given=options["fire"] is not None)
+    click.echo(json.dumps(result.to_json(), indent=2) if as_json else render(result))

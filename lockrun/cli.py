@@ -18,7 +18,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import NoReturn
 
-ADMIN_VERBS = ("status", "history", "unlock", "doctor", "pause", "resume", "cancel")
+ADMIN_VERBS = ("status", "history", "unlock", "doctor", "pause", "resume", "cancel",
+               "explain")
 
 
 def is_admin(args: list[str]) -> bool:

@@ -80,6 +80,8 @@ def wrapper(command: tuple[str, ...], **options: Value) -> int:
       lockrun pause KEY|--all  make every server skip a job until resumed
       lockrun resume KEY|--all lift a pause
       lockrun cancel KEY       stop a running fire, wherever it runs
+      lockrun explain -k KEY [OPTIONS] -- COMMAND
+                               what this line would do here now, and why
     """
     import time
 

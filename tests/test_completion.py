@@ -20,7 +20,7 @@ import pytest
 from conftest import LOCKRUN, RedisServer, lockrun_env
 
 ROOT = Path(__file__).resolve().parent.parent
-VERBS = {"status", "history", "unlock", "doctor", "pause", "resume", "cancel"}
+VERBS = {"status", "history", "unlock", "doctor", "pause", "resume", "cancel", "explain"}
 UNUSED_URL = "redis://127.0.0.1:9/0"  # discard port: nothing here answers, nothing may try
 
 
@@ -71,6 +71,7 @@ def test_the_first_word_offers_the_wrappers_options_once_it_starts_with_a_dash()
      {"--ttl", "--on-lost", "--max-skew"}),
     ("unlock", {"--fire", "-y", "--yes", "--json"}, {"--limit", "--overlap"}),
     ("doctor", {"--max-skew", "--json", "--redis-timeout"}, {"--limit", "--yes", "--ttl"}),
+    ("explain", {"-k", "--schedule", "--on-lost", "--json"}, {"--limit", "--yes", "--all"}),
 ])
 def test_after_a_verb_come_that_verbs_options(verb: str, has: set[str],
                                               lacks: set[str]) -> None:
