@@ -320,6 +320,9 @@ def _admin_cases() -> list[tuple[str, click.Option]]:
 
 
 def _admin_case(verb: str, option: click.Option, value: str) -> Case:
+    if verb == "explain":  # the wrapper's options, refused exactly as a fire refuses them
+        case = _wrapper_case(option, value)
+        return Case(["explain", *case.args], label=f"explain {case.label}")
     args = [*ADMIN_BASE[verb], f"{_long(option)}={value}"]
     if verb == "history" and option.name == "tz":
         args += ["--schedule", "* * * * *"]
