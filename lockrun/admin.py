@@ -165,13 +165,13 @@ class Admin:
     def known(self, key: str) -> bool:
         """Whether Redis holds anything of *key*: its history or its overlap guard."""
         k = self._keys(key)
-        return bool(self.client.command("EXISTS", k["hist"]) or
-                    self.client.command("EXISTS", k["running"]))
+        return bool(self.client.integer("EXISTS", k["hist"]) or
+                    self.client.integer("EXISTS", k["running"]))
 
     def first_fire(self, key: str) -> str | None:
         """The oldest fire id the history still holds: before it, nothing can be told."""
-        entries = self.client.command("XRANGE", self._keys(key)["hist"], "-", "+", "COUNT", 10)
-        fires = [str(dict(f or {}).get("fire", "")) for _, f in entries or []]
+        entries = self.client.xrange(self._keys(key)["hist"], 10)
+        fires = [fields.get("fire", "") for _, fields in entries]
         return min((f for f in fires if f), default=None)
 
     def history(self, key: str, limit: int) -> list[FireRun]:

@@ -23,7 +23,7 @@ from lockrun.resp import NoScript, ServerError, Timeout, TransportError
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs its import on every fire: annotations only
     from collections.abc import Iterator
-    from typing import Any, Protocol
+    from typing import Protocol
 
     from lockrun.redispy import RedisPyTransport
     from lockrun.redisurl import RedisURL, TlsFiles
@@ -208,14 +208,53 @@ class LockClient:
         return RedisUnavailable(
             f"cannot use Redis at {redact(self.url)}: {redact(detail)}")
 
-    def command(self, *args: str | int) -> Any:
-        """One plain command (admin verbs and doctor), with the same error mapping."""
+    def command(self, *args: str | int) -> object:
+        """One plain command (admin verbs and doctor), with the same error mapping; the
+        typed readers below say what shape they expect, so no caller handles Any."""
         try:
             reply = self._transport.execute(*args)
         except TransportError as exc:
             raise self.unavailable(exc) from exc
         shape = _SHAPES.get(str(args[0]).upper())
         return shape(reply) if shape and reply is not None else reply
+
+    def text(self, *args: str | int) -> str | None:
+        """A command whose reply is a string (GET, INFO) or nil."""
+        reply = self.command(*args)
+        return None if reply is None else str(reply)
+
+    def integer(self, *args: str | int) -> int:
+        """A command whose reply is an integer (EXISTS, PTTL, DEL)."""
+        reply = self.command(*args)
+        if isinstance(reply, int):
+            return reply
+        try:
+            return int(str(reply))
+        except ValueError:
+            raise self.unavailable(RuntimeError(f"unexpected reply {reply!r}")) from None
+
+    def info(self, section: str) -> dict[str, str]:
+        """INFO *section* as fields (redis-py parses it itself; lockrun.resp gives text)."""
+        reply = self.command("INFO", section)
+        if isinstance(reply, dict):
+            return {str(k): str(v) for k, v in reply.items()}
+        return dict(line.strip().split(":", 1) for line in str(reply or "").splitlines()
+                    if ":" in line and not line.startswith("#"))
+
+    def server_time(self) -> float:
+        """The Redis server's clock (TIME), in seconds."""
+        seconds, micros = [*self.strings("TIME"), None, None][:2]
+        try:
+            return int(seconds or "") + int(micros or "") / 1e6
+        except ValueError:
+            raise self.unavailable(RuntimeError("unexpected TIME reply")) from None
+
+    def strings(self, *args: str | int) -> list[str | None]:
+        """A command whose reply is an array of strings (HMGET, TIME)."""
+        reply = self.command(*args)
+        if not isinstance(reply, list | tuple):
+            raise self.unavailable(RuntimeError(f"unexpected reply {reply!r}"))
+        return [None if item is None else str(item) for item in reply]
 
     def wait(self, key: str, replicas: int, timeout_ms: int) -> int:
         """Redis WAIT on the connection that last wrote *key*, read with a long enough timeout.
@@ -240,17 +279,24 @@ class LockClient:
             return
         cursor: int | str = 0
         for _ in range(1_000_000):  # bounded: a cursor that never returns to 0 is a bug
-            cursor, names = self.command("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
-            yield from names
+            reply = self.command("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+            if not (isinstance(reply, list | tuple) and len(reply) == 2
+                    and isinstance(reply[1], list | tuple)):
+                raise self.unavailable(RuntimeError(f"unexpected SCAN reply {reply!r}"))
+            cursor = str(reply[0])
+            yield from (str(name) for name in reply[1])
             if int(cursor) == 0:
                 return
 
     def hgetall(self, key: str) -> dict[str, str]:
-        return dict(self.command("HGETALL", key) or {})
+        reply = self.command("HGETALL", key)
+        return _pairs(reply) if reply is not None else {}
 
     def xrevrange(self, key: str, count: int) -> list[tuple[str, dict[str, str]]]:
-        entries = self.command("XREVRANGE", key, "+", "-", "COUNT", count) or []
-        return [(str(i), dict(f or {})) for i, f in entries]
+        return _entries(self.command("XREVRANGE", key, "+", "-", "COUNT", count))
+
+    def xrange(self, key: str, count: int) -> list[tuple[str, dict[str, str]]]:
+        return _entries(self.command("XRANGE", key, "-", "+", "COUNT", count))
 
     def call(self, script: str, keys: list[str], args: list[str | int]) -> list[object]:
         """EVALSHA, falling back to EVAL when the server's script cache lacks it."""

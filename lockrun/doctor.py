@@ -36,10 +36,7 @@ class Check:
 
 
 def _info(client: LockClient, section: str) -> dict[str, str]:
-    text = client.command("INFO", section)
-    if isinstance(text, dict):  # redis-py may already have parsed it
-        return {str(k): str(v) for k, v in text.items()}
-    return dict(line.split(":", 1) for line in str(text).splitlines() if ":" in line)
+    return client.info(section)
 
 
 def run_checks(client: LockClient, prefix: str, max_skew: float) -> list[Check]:
@@ -128,9 +125,9 @@ def _persistence(client: LockClient) -> Check:
 
 def _clock(client: LockClient, max_skew: float) -> Check:
     before = time.time()
-    seconds, micros = client.command("TIME")
+    server = client.server_time()
     local = (before + time.time()) / 2
-    skew = local - (int(seconds) + int(micros) / 1e6)
+    skew = local - server
     text = f"local clock {abs(skew):.3f}s {'ahead of' if skew > 0 else 'behind'} Redis"
     if max_skew > 0 and abs(skew) > max_skew:
         return Check("clock", FAIL, f"{text} (more than {max_skew:g}s): fix NTP on this server")

@@ -385,8 +385,8 @@ def _shown_url(url: str) -> str:
 
 def _read(cfg: Config, client: LockClient, view: RedisView) -> None:
     sent = time.time()
-    seconds, micros = client.command("TIME")
-    view.skew_s = round((sent + time.time()) / 2 - (int(seconds) + int(micros) / 1e6), 3) + 0.0
+    server = client.server_time()
+    view.skew_s = round((sent + time.time()) / 2 - server, 3) + 0.0
     if not client.cluster:  # on Cluster each slot's primary answers for its own keys
         view.role = _role(client)
         if view.role != "master":
@@ -398,24 +398,20 @@ def _read(cfg: Config, client: LockClient, view: RedisView) -> None:
     view.guard = _record(client, keys["running"], view)
     view.pause = _record(client, keys["pause"], view)
     view.fleet_pause = _record(client, fleet_keys(cfg.key_prefix)["pause"], view)
-    fence = client.command("GET", keys["fence"])
+    fence = client.text("GET", keys["fence"])
     view.last_fence = None if fence is None else str(fence)
     view.usable = True
 
 
 def _role(client: LockClient) -> str:
-    reply = client.command("INFO", "replication")
-    if isinstance(reply, dict):  # redis-py parses INFO
-        return str(reply.get("role", "?"))
-    fields = dict(line.split(":", 1) for line in str(reply).splitlines() if ":" in line)
-    return fields.get("role", "?").strip()
+    return client.info("replication").get("role", "?").strip()
 
 
 def _record(client: LockClient, name: str, view: RedisView) -> Record:
     fields = client.hgetall(name)
     pttl: int | None
     try:
-        pttl = int(client.command("PTTL", name))
+        pttl = client.integer("PTTL", name)
     except RedisUnavailable as exc:
         cause = exc.__cause__
         if not (isinstance(cause, ServerError) and cause.code == "NOPERM"):

@@ -366,7 +366,7 @@ class Lease:
         local_ms = round(time.time() * 1000)
         fleet = {"fleet_read": "1", "fleet_by": "", "fleet_reason": ""}
         if self.client.cluster:  # the fleet's flag is in another slot: read it first
-            by, reason = self.client.command("HMGET", fleet_keys(self.prefix)["pause"], "by",
+            by, reason = self.client.strings("HMGET", fleet_keys(self.prefix)["pause"], "by",
                                              "reason")
             fleet = {"fleet_read": "0", "fleet_by": str(by or ""),
                      "fleet_reason": str(reason or "")}
