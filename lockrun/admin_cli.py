@@ -1,4 +1,4 @@
-"""The admin verbs' command line: status, history, unlock, doctor, pause, resume.
+"""The admin verbs' command line: status, history, unlock, doctor, pause, resume, check.
 
 Parsing and rendering only; the answers come from lockrun.admin and
 lockrun.doctor. Every verb has --json for scripts and a table for people.
@@ -23,6 +23,7 @@ from lockrun.options import (
     env,
     password,
     tls_files,
+    writable_dir,
 )
 
 if TYPE_CHECKING:
@@ -323,3 +324,58 @@ def resume(key: str | None, every: bool, as_json: bool, **options: Any) -> None:
         click.echo(f"resumed {what}" if resumed else f"{what} was not paused")
     if not resumed:
         sys.exit(ExitCode.NEGATIVE)
+
+
+@admin.command()
+@click.argument("key")
+@click.option("--schedule", metavar="EXPR", help="The job's schedule: judge its last scheduled "
+                                                "fire, and count fires that left no trace.")
+@click.option("--tz", metavar="ZONE", help="Time zone of --schedule.  [default: $CRON_TZ, "
+                                          "$TZ, else the system's]")
+@click.option("--grace", default="60s", **duration(positive=True),
+              help="With --schedule: a fire without a trace is 'ran nowhere' only this long "
+                   "after its time.  [default: 60s]")
+@click.option("--max-age", **duration(positive=True),
+              help="CRITICAL when the last success ended longer ago than this.")
+@click.option("--max-runtime", **duration(positive=True),
+              help="WARNING when a run in progress has been running longer than this.")
+@click.option("--textfile", metavar="DIR", callback=writable_dir,
+              help="Also write the fleet gauges to DIR/lockrun_fleet_KEY.prom for "
+                   "node_exporter's textfile collector.")
+@_connection_options
+def check(key: str, schedule: str | None, tz: str | None, grace: float, max_age: float | None,
+          max_runtime: float | None, textfile: str | None, as_json: bool,
+          **options: Any) -> None:
+    """Nagios-style check of KEY from the lock store: exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+
+    CRITICAL when the last (scheduled) fire failed, timed out, crashed, was lost
+    or ran nowhere, or the last success is older than --max-age; WARNING when a
+    run exceeds --max-runtime or the job is paused; UNKNOWN when Redis cannot
+    be used or holds no record of KEY. Bad input exits 64, as every verb.
+    """
+    from lockrun.check import Limits, run_check, unknown, write_textfile
+    from lockrun.errors import LockrunError
+    from lockrun.fire import validate_name
+
+    validate_name(key, "key")
+    limits = Limits(grace=grace, max_age=max_age, max_runtime=max_runtime)
+    if schedule is not None:  # a bad schedule or zone is a usage error before Redis is asked
+        from lockrun.schedule import normalise, validate, zone_from
+
+        zone = zone_from(tz)
+        validate(schedule, zone, time.time())
+        limits.schedule = (normalise(schedule), zone)
+    try:
+        adm = _admin(options)
+    except UsageError:
+        raise
+    except LockrunError as exc:
+        result = unknown(key, str(exc))
+    else:
+        result = run_check(adm, key, limits)
+    if textfile is not None:
+        problem = write_textfile(textfile, result)
+        if problem:
+            click.echo(f"lockrun: {problem}", err=True)
+    click.echo(json.dumps(result.to_json(), indent=2) if as_json else result.line)
+    sys.exit(result.status)

@@ -18,7 +18,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import NoReturn
 
-ADMIN_VERBS = ("status", "history", "unlock", "doctor", "pause", "resume")
+ADMIN_VERBS = ("status", "history", "unlock", "doctor", "pause", "resume", "check")
 
 
 def is_admin(args: list[str]) -> bool:

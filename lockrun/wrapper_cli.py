@@ -79,6 +79,7 @@ def wrapper(command: tuple[str, ...], **options: Value) -> int:
       lockrun doctor           check that Redis is safe for lockrun
       lockrun pause KEY|--all  make every server skip a job until resumed
       lockrun resume KEY|--all lift a pause
+      lockrun check KEY        Nagios-style check of a job, from the lock store
     """
     import time
 
