@@ -159,6 +159,16 @@ def test_critical_when_the_last_scheduled_fire_ran_nowhere(url: str, key: str) -
     assert blind.perf["ran_nowhere"][0] == "0"
 
 
+def test_fires_that_ran_nowhere_are_counted_over_the_last_day(redis_server: RedisServer,
+                                                             key: str) -> None:
+    url = redis_server.url
+    fleet_fire(url, key, "", "exit 0", *HOURLY, "--max-skew", "0",
+               env=at("2026-11-22 03:00:05", url))
+    c = check(url, key, *HOURLY, env=at("2026-11-23 06:30:00", url))
+    assert c.status == "CRITICAL" and "2026-11-23T06:00:00Z ran nowhere" in c.summary
+    assert c.perf["ran_nowhere"][0] == "24", "07:00 yesterday to 06:00 today, not 04:00 on"
+
+
 def test_a_fire_within_its_grace_is_pending_not_ran_nowhere(redis_server: RedisServer,
                                                             key: str) -> None:
     url = redis_server.url
@@ -208,6 +218,11 @@ def test_critical_after_a_crashed_run(redis_server: RedisServer, key: str,
     c = check(url, key)
     assert "fire f1 crashed on " in c.summary, c.stdout
     assert check_json(url, key)["last_outcome"] == "crashed"
+    # a late server runs the fire again, fine: the crash is still the fire's story
+    assert run_lockrun("-k", key, "--fire", "f1", "--", "true", url=url).returncode == 0
+    rerun = check_json(url, key)
+    assert rerun["status"] == "CRITICAL" and rerun["last_outcome"] == "crashed", rerun
+    assert rerun["last_success_ms"] is not None  # the rerun did succeed
 
 
 def test_critical_after_a_timeout_and_after_a_lost_lease(redis_server: RedisServer, key: str,
