@@ -1,4 +1,5 @@
-"""The admin verbs' command line: status, history, unlock, doctor, pause, resume, explain.
+"""The admin verbs' command line: status, history, unlock, doctor, pause, resume, cancel,
+explain, check.
 
 Parsing and rendering only; the answers come from lockrun.admin and
 lockrun.doctor. Every verb has --json for scripts and a table for people.
@@ -24,6 +25,7 @@ from lockrun.options import (
     env,
     password,
     tls_files,
+    writable_dir,
 )
 from lockrun.optiontable import WRAPPER
 
@@ -351,6 +353,8 @@ def cancel(key: str, fire: str | None, as_json: bool, **options: Any) -> None:
         click.echo(f"nothing of {key} is running" + (f" as fire {fire}" if fire else ""))
     if not found:
         sys.exit(ExitCode.NEGATIVE)
+
+
 @admin.command(context_settings={"allow_interspersed_args": False, "max_content_width": 100},
                epilog="Exit status: 0 when it explains, whatever the decision (Redis "
                "unusable included: the decision says what a fire would do); 64 for bad "
@@ -376,3 +380,56 @@ def explain(command: tuple[str, ...], as_json: bool, **options: Any) -> None:
     result = explain_line(inv.config, now, schedule=options["schedule"], tz=options["tz"],
                           fire_given=options["fire"] is not None)
     click.echo(json.dumps(result.to_json(), indent=2) if as_json else render(result))
+
+
+@click.option("--schedule", metavar="EXPR", help="The job's schedule: judge its last scheduled "
+                                                "fire, and count fires that left no trace.")
+@click.option("--tz", metavar="ZONE", help="Time zone of --schedule.  [default: $CRON_TZ, "
+                                          "$TZ, else the system's]")
+@click.option("--grace", default="60s", **duration(positive=True),
+              help="With --schedule: a fire without a trace is 'ran nowhere' only this long "
+                   "after its time.  [default: 60s]")
+@click.option("--max-age", **duration(positive=True),
+              help="CRITICAL when the last success ended longer ago than this.")
+@click.option("--max-runtime", **duration(positive=True),
+              help="WARNING when a run in progress has been running longer than this.")
+@click.option("--textfile", metavar="DIR", callback=writable_dir,
+              help="Also write the fleet gauges to DIR/lockrun_fleet_KEY.prom for "
+                   "node_exporter's textfile collector.")
+@_connection_options
+def check(key: str, schedule: str | None, tz: str | None, grace: float, max_age: float | None,
+          max_runtime: float | None, textfile: str | None, as_json: bool,
+          **options: Any) -> None:
+    """Nagios-style check of KEY from the lock store: exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+
+    CRITICAL when the last (scheduled) fire failed, timed out, crashed, was lost
+    or ran nowhere, or the last success is older than --max-age; WARNING when a
+    run exceeds --max-runtime or the job is paused; UNKNOWN when Redis cannot
+    be used or holds no record of KEY. Bad input exits 64, as every verb.
+    """
+    from lockrun.check import Limits, run_check, unknown, write_textfile
+    from lockrun.errors import LockrunError
+    from lockrun.fire import validate_name
+
+    validate_name(key, "key")
+    limits = Limits(grace=grace, max_age=max_age, max_runtime=max_runtime)
+    if schedule is not None:  # a bad schedule or zone is a usage error before Redis is asked
+        from lockrun.schedule import normalise, validate, zone_from
+
+        zone = zone_from(tz)
+        validate(schedule, zone, time.time())
+        limits.schedule = (normalise(schedule), zone)
+    try:
+        adm = _admin(options)
+    except UsageError:
+        raise
+    except LockrunError as exc:
+        result = unknown(key, str(exc))
+    else:
+        result = run_check(adm, key, limits)
+    if textfile is not None:
+        problem = write_textfile(textfile, result)
+        if problem:
+            click.echo(f"lockrun: {problem}", err=True)
+    click.echo(json.dumps(result.to_json(), indent=2) if as_json else result.line)
+    sys.exit(result.status)

@@ -82,6 +82,7 @@ def wrapper(command: tuple[str, ...], **options: Value) -> int:
       lockrun cancel KEY       stop a running fire, wherever it runs
       lockrun explain -k KEY [OPTIONS] -- COMMAND
                                what this line would do here now, and why
+      lockrun check KEY        Nagios-style check of a job, from the lock store
     """
     import time
 

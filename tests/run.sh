@@ -22,6 +22,9 @@ command -v redis-server >/dev/null 2>&1 || apt_install redis-server
 [ -x /usr/sbin/cron ] || apt_install cron
 ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || apt_install faketime
 command -v openssl >/dev/null 2>&1 || apt_install openssl
+# promtool checks docs/prometheus/lockrun-rules.yml (tests/test_check.py); Debian ships it
+# in the prometheus package. Without recommends: node_exporter and its helpers are not needed.
+command -v promtool >/dev/null 2>&1 || apt_install --no-install-recommends prometheus
 
 python=${PYTHON:-python3}
 "$python" -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_install python3-venv

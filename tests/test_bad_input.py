@@ -300,7 +300,7 @@ def _wrapper_case(option: click.Option, value: str) -> Case:
 ADMIN_BASE = {"status": ["status"], "history": ["history", "job"],
               "unlock": ["unlock", "job", "--yes"], "doctor": ["doctor"],
               "pause": ["pause", "job"], "resume": ["resume", "job"],
-              "cancel": ["cancel", "job"]}
+              "cancel": ["cancel", "job"], "check": ["check", "job"]}
 
 
 def _admin_cases() -> list[tuple[str, click.Option]]:
@@ -324,7 +324,7 @@ def _admin_case(verb: str, option: click.Option, value: str) -> Case:
         case = _wrapper_case(option, value)
         return Case(["explain", *case.args], label=f"explain {case.label}")
     args = [*ADMIN_BASE[verb], f"{_long(option)}={value}"]
-    if verb == "history" and option.name == "tz":
+    if verb in ("history", "check") and option.name == "tz":
         args += ["--schedule", "* * * * *"]
     return Case(args, label=f"{verb} {_long(option)}={value!r}")
 
