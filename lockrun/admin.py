@@ -126,6 +126,39 @@ class FireRun:
 
 
 @dataclass
+class JobState:
+    """The job's last end and its streak, kept by the scripts that record ends, whichever
+    server ran each fire."""
+
+    last_fire: str
+    last_outcome: str
+    last_exit: int | None
+    last_host: str
+    last_end_ms: int | None
+    failures: int
+    """Ends in a row that failed (an exit status other than 0, a timeout, a lost lease,
+    a cancel); 0 after a success."""
+    last_success_ms: int | None
+    last_success_fire: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_hash(cls, fields: dict[str, str]) -> JobState | None:
+        if not fields.get("last_fire"):
+            return None
+
+        def number(name: str) -> int | None:
+            text = fields.get(name, "")
+            return int(text) if text.lstrip("-").isdigit() else None
+
+        return cls(fields["last_fire"], fields.get("last_outcome", ""), number("last_exit"),
+                   fields.get("last_host", ""), number("last_end_ms"), number("failures") or 0,
+                   number("last_success_ms"), fields.get("last_success_fire", ""))
+
+
+@dataclass
 class KeyStatus:
     key: str
     running: list[FireRun] = field(default_factory=list)
@@ -133,12 +166,14 @@ class KeyStatus:
     last: FireRun | None = None
     paused: Pause | None = None
     """The job's own pause, else the fleet's: what makes every server skip it now."""
+    state: JobState | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"key": self.key, "running": [r.to_json() for r in self.running],
                 "overlap_guard": self.guard or None,
                 "last": self.last.to_json() if self.last else None,
-                "paused": self.paused.to_json() if self.paused else None}
+                "paused": self.paused.to_json() if self.paused else None,
+                "state": self.state.to_json() if self.state else None}
 
 
 class Admin:
@@ -309,7 +344,8 @@ class Admin:
 
     def status(self, key: str) -> KeyStatus:
         status = KeyStatus(key, guard=self.client.hgetall(self._keys(key)["running"]),
-                           paused=self.pause_of(key))
+                           paused=self.pause_of(key),
+                           state=JobState.from_hash(self.client.hgetall(self._keys(key)["job"])))
         for row in self.history(key, 20):
             if row.outcome == "running":
                 status.running.append(row)

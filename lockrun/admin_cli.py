@@ -30,7 +30,7 @@ from lockrun.options import (
 from lockrun.optiontable import WRAPPER
 
 if TYPE_CHECKING:
-    from lockrun.admin import FireRun, Pause
+    from lockrun.admin import FireRun, JobState, Pause
 
 _connection_options = apply([
     *connection_options(),
@@ -102,9 +102,19 @@ def status(key: str | None, as_json: bool, **options: Any) -> None:
         rows.append([s.key, running, last.fire if last else "-", last.outcome if last else "-",
                      str(last.exit) if last and last.exit is not None else "-",
                      _seconds(last.duration_s) if last else "-", last.host if last else "-",
-                     _paused(s.paused)])
-    _table(["KEY", "RUNNING", "LAST FIRE", "OUTCOME", "EXIT", "DURATION", "HOST", "PAUSED"],
-           rows)
+                     _streak(s.state), _paused(s.paused)])
+    _table(["KEY", "RUNNING", "LAST FIRE", "OUTCOME", "EXIT", "DURATION", "HOST", "FAILING",
+            "PAUSED"], rows)
+
+
+def _streak(state: JobState | None) -> str:
+    """'-' while the last end succeeded; else how many ended in failure in a row, and
+    since when the job last succeeded, fleet-wide."""
+    if state is None or state.failures == 0:
+        return "-"
+    since = (f", last success {_when(state.last_success_ms)}" if state.last_success_ms
+             else ", never succeeded")
+    return f"{state.failures} in a row{since}"
 
 
 def _paused(p: Pause | None) -> str:

@@ -149,7 +149,8 @@ def _scripts(client: LockClient, prefix: str) -> Check:
     finally:
         keys = job_keys(scratch, fire, prefix)
         try:
-            client.command("DEL", keys["fire"], keys["hist"], keys["fence"], keys["running"])
+            client.command("DEL", keys["fire"], keys["hist"], keys["fence"], keys["running"],
+                           keys["job"])
         except RedisUnavailable:
             pass  # a user without DEL outside scripts still passes; the keys expire or stay tiny
     return Check("scripts and permissions", OK, "acquire, renew and release ran (EVALSHA, "

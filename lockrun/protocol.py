@@ -154,15 +154,39 @@ end
 return {'ok', now_ms, ''}
 """)
 
+# The job's state across the fleet, kept beside its history by every script that
+# records an end: the last end, how many ended in failure in a row, and the last
+# success, so "third failure in a row" and "recovered" are facts even when each
+# run was on another server. An end older than the last one recorded (a kept
+# end, recorded after Redis came back) changes nothing.
+JOB_STATE = """
+local function job_state(job_key, fire, host, exit, outcome, end_ms)
+  local last = tonumber(redis.call('HGET', job_key, 'last_end_ms') or '0') or 0
+  if tonumber(end_ms) < last then
+    return
+  end
+  local failed = outcome ~= 'exited' or exit ~= '0'
+  local streak = 0
+  if failed then
+    streak = (tonumber(redis.call('HGET', job_key, 'failures') or '0') or 0) + 1
+  end
+  redis.call('HSET', job_key, 'last_fire', fire, 'last_host', host, 'last_exit', exit,
+    'last_outcome', outcome, 'last_end_ms', end_ms, 'failures', streak)
+  if not failed then
+    redis.call('HSET', job_key, 'last_success_ms', end_ms, 'last_success_fire', fire)
+  end
+end
+"""
+
 # Turns our claim into the done record kept for the retention period: a late
 # server that arrives after we finished must find it and skip. The overlap
 # guard is compare-and-deleted. A second call (retry after a lost reply) finds
 # the record already done and changes nothing. Like the acquire and the renewal,
 # it refuses a replica: a demoted primary (or one with replica-read-only no)
 # would accept the record and lose it.
-RELEASE = Script(("fire_key", "guard_key", "hist_key"),
+RELEASE = Script(("fire_key", "guard_key", "hist_key", "job_key"),
                  ("owner", "retention_ms", "guard", "fire", "host", "pid", "maxlen", "exit",
-                  "outcome"), """
+                  "outcome"), JOB_STATE + """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if string.find(redis.call('INFO', 'replication'), 'role:slave', 1, true) then
@@ -183,11 +207,13 @@ if h[1] == owner then
   redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'end',
     'fire', fire, 'owner', owner, 'host', host, 'pid', pid,
     'fence', h[3], 'exit', exit, 'outcome', outcome, 'by', h[4] or '')
+  job_state(job_key, fire, host, exit, outcome, finish)
   return {'ok', now_ms}
 end
 redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'end',
   'fire', fire, 'owner', owner, 'host', host, 'pid', pid,
   'exit', exit, 'outcome', 'lost')
+job_state(job_key, fire, host, exit, 'lost', finish)
 return {'lost', now_ms}
 """)
 
@@ -265,6 +291,7 @@ def job_keys(key: str, fire: str, prefix: str = "lockrun") -> dict[str, str]:
         "fence": f"{base}:fence",
         "hist": f"{base}:hist",
         "pause": f"{base}:pause",
+        "job": f"{base}:job",
     }
 
 
@@ -352,7 +379,7 @@ class Lease:
         """*script*'s KEYS and ARGV: this fire's keys and identity, plus *args* by name."""
         k = self.keys
         names = {"fire_key": k["fire"], "guard_key": k["running"], "fence_key": k["fence"],
-                 "hist_key": k["hist"], "pause_key": k["pause"],
+                 "hist_key": k["hist"], "pause_key": k["pause"], "job_key": k["job"],
                  "fleet_pause_key": fleet_keys(self.prefix)["pause"]}
         identity: dict[str, str | int] = {
             "owner": self.owner, "guard": "1" if self.guard else "0", "fire": self.fire,
@@ -531,9 +558,9 @@ silent replicas that turned primary, the primary named after a failover, and aga
 # that ran the fire again after it expired: only in the first two cases does
 # the fire become done, so a late server still skips it; the history gets the
 # real outcome and end time in every case, instead of a start without an end.
-KEPT_END = Script(("fire_key", "guard_key", "hist_key"),
+KEPT_END = Script(("fire_key", "guard_key", "hist_key", "job_key"),
                   ("owner", "retention_ms", "guard", "fire", "host", "pid", "maxlen", "exit",
-                   "outcome", "end_ms", "fence"), """
+                   "outcome", "end_ms", "fence"), JOB_STATE + """
 if string.find(redis.call('INFO', 'replication'), 'role:slave', 1, true) then
   return {'replica'}
 end
@@ -556,6 +583,7 @@ end
 redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'end',
   'fire', fire, 'owner', owner, 'host', host, 'pid', pid, 'fence', fence,
   'exit', exit, 'outcome', outcome, 'end_ms', end_ms, 'late', '1')
+job_state(job_key, fire, host, exit, outcome, end_ms)
 return {result}
 """)
 
@@ -565,7 +593,8 @@ def record_kept_end(client: LockClient, end: KeptEnd) -> str:
     k = job_keys(end.key, end.fire, end.prefix)
     left_ms = int((end.ended_at + end.retention_s - time.time()) * 1000)
     r = client.call_retrying(KEPT_END.source, *KEPT_END.bind(
-        {"fire_key": k["fire"], "guard_key": k["running"], "hist_key": k["hist"]},
+        {"fire_key": k["fire"], "guard_key": k["running"], "hist_key": k["hist"],
+         "job_key": k["job"]},
         owner=end.owner, retention_ms=max(0, left_ms), guard="1" if end.guard else "0",
         fire=end.fire, host=end.host, pid=os.getpid(), maxlen=HISTORY_MAXLEN,
         exit=int(end.exit_code), outcome=end.outcome, end_ms=round(end.ended_at * 1000),

@@ -81,6 +81,7 @@ def test_all_keys_of_a_job_share_one_hash_tag() -> None:
         "fence": "lockrun:{backup}:fence",
         "hist": "lockrun:{backup}:hist",
         "pause": "lockrun:{backup}:pause",
+        "job": "lockrun:{backup}:job",
     }
     # the fleet's pause flag and its audit share a slot of their own, which no job's
     # name can take ('=' is not a key character)
