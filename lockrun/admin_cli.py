@@ -392,6 +392,8 @@ def explain(command: tuple[str, ...], as_json: bool, **options: Any) -> None:
     click.echo(json.dumps(result.to_json(), indent=2) if as_json else render(result))
 
 
+@admin.command()
+@click.argument("key")
 @click.option("--schedule", metavar="EXPR", help="The job's schedule: judge its last scheduled "
                                                 "fire, and count fires that left no trace.")
 @click.option("--tz", metavar="ZONE", help="Time zone of --schedule.  [default: $CRON_TZ, "

@@ -52,7 +52,7 @@ def offered(*words: str, env: dict[str, str] | None = None, url: str = UNUSED_UR
 
 @pytest.mark.parametrize(("word", "expected"), [
     ("", VERBS), ("sta", {"status"}), ("h", {"history"}), ("u", {"unlock"}),
-    ("d", {"doctor"}), ("p", {"pause"}), ("r", {"resume"}), ("c", {"cancel"}),
+    ("d", {"doctor"}), ("p", {"pause"}), ("r", {"resume"}), ("ca", {"cancel"}), ("ch", {"check"}),
     ("x", set()),
 ])
 def test_the_first_word_offers_the_verbs(word: str, expected: set[str]) -> None:
