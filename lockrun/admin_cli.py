@@ -17,6 +17,7 @@ import click
 from lockrun.errors import UsageError
 from lockrun.exitcodes import ExitCode
 from lockrun.options import (
+    F,
     PlainInt,
     apply,
     click_option,
@@ -30,6 +31,8 @@ from lockrun.options import (
 from lockrun.optiontable import WRAPPER
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from lockrun.admin import FireRun, JobState, Pause
 
 _connection_options = apply([
@@ -45,6 +48,18 @@ def _admin(options: dict[str, Any]) -> Any:
     client = LockClient(options["redis_url"], options["redis_timeout"],
                         password(click.get_current_context().obj), tls_files(options))
     return Admin(client, options["key_prefix"])
+
+
+def _schedule_options(schedule_help: str, grace_help: str) -> Callable[[F], F]:
+    """--schedule, --tz and --grace of the verbs that read a job against its schedule
+    (history, check): declared once, each verb saying what it does with them."""
+    return apply([
+        click.option("--schedule", metavar="EXPR", help=schedule_help),
+        click.option("--tz", metavar="ZONE", help="Time zone of --schedule.  [default: "
+                                                  "$CRON_TZ, $TZ, else the system's]"),
+        click.option("--grace", default="60s", **duration(positive=True),
+                     help=f"{grace_help}  [default: 60s]"),
+    ])
 
 
 def _when(ms: int | None) -> str:
@@ -130,13 +145,10 @@ def _paused(p: Pause | None) -> str:
 @click.argument("key")
 @click.option("--limit", type=PlainInt(1, 10_000), default=20, show_default=True,
               help="How many fires to show.")
-@click.option("--schedule", metavar="EXPR", help="The job's schedule: also list scheduled "
-                                                "fires that left no trace (ran-nowhere).")
-@click.option("--tz", metavar="ZONE", help="Time zone of --schedule.  [default: $CRON_TZ, "
-                                          "$TZ, else the system's]")
-@click.option("--grace", default="60s", **duration(positive=True),
-              help="With --schedule: a missing fire younger than this is 'pending', not "
-                   "'ran-nowhere'.  [default: 60s]")
+@_schedule_options("The job's schedule: also list scheduled fires that left no trace "
+                   "(ran-nowhere).",
+                   "With --schedule: a missing fire younger than this is 'pending', not "
+                   "'ran-nowhere'.")
 @_connection_options
 def history(key: str, limit: int, schedule: str | None, tz: str | None, grace: float,
             as_json: bool, **options: Any) -> None:
@@ -394,13 +406,10 @@ def explain(command: tuple[str, ...], as_json: bool, **options: Any) -> None:
 
 @admin.command()
 @click.argument("key")
-@click.option("--schedule", metavar="EXPR", help="The job's schedule: judge its last scheduled "
-                                                "fire, and count fires that left no trace.")
-@click.option("--tz", metavar="ZONE", help="Time zone of --schedule.  [default: $CRON_TZ, "
-                                          "$TZ, else the system's]")
-@click.option("--grace", default="60s", **duration(positive=True),
-              help="With --schedule: a fire without a trace is 'ran nowhere' only this long "
-                   "after its time.  [default: 60s]")
+@_schedule_options("The job's schedule: judge its last scheduled fire, and count fires "
+                   "that left no trace.",
+                   "With --schedule: a fire without a trace is 'ran nowhere' only this long "
+                   "after its time.")
 @click.option("--max-age", **duration(positive=True),
               help="CRITICAL when the last success ended longer ago than this.")
 @click.option("--max-runtime", **duration(positive=True),

@@ -419,9 +419,7 @@ def write_textfile(directory: str, result: Result) -> str | None:
     directory no other user can rename entries in, then renamed over the old
     one, so node_exporter never reads half a file.
     """
-    import secrets
-
-    from lockrun.textfile import _unsafe_directory
+    from lockrun.textfile import _unsafe_directory, replace_file
 
     name = f"lockrun_fleet_{result.key}.prom"
     path = os.path.join(directory, name)
@@ -433,19 +431,7 @@ def write_textfile(directory: str, result: Result) -> str | None:
         problem = _unsafe_directory(os.fstat(dir_fd))
         if problem:
             return f"not writing {path}: {directory} is {problem}"
-        temp = f".{name}.{secrets.token_hex(8)}.tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o644, dir_fd=dir_fd)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(textfile_text(result))
-            os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except OSError:
-            try:
-                os.unlink(temp, dir_fd=dir_fd)
-            except OSError:
-                pass
-            raise
+        replace_file(dir_fd, name, textfile_text(result))
     except OSError as exc:
         return f"cannot write {path}: {exc.strerror or exc}"
     finally:

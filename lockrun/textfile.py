@@ -134,8 +134,6 @@ class MetricsFile:
         return values
 
     def _update(self, dir_fd: int, changes: dict[str, float]) -> None:
-        import secrets
-
         values = self._read(dir_fd)
         for short, amount in changes.items():
             name = f"lockrun_{short}"
@@ -147,19 +145,28 @@ class MetricsFile:
                 continue
             lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
             lines.append(f'{name}{{key="{self.key}"}} {_number(value)}')
-        temp = f".{self.name}.{secrets.token_hex(8)}.tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o644, dir_fd=dir_fd)
+        replace_file(dir_fd, self.name, "\n".join(lines) + "\n")
+
+
+def replace_file(dir_fd: int, name: str, text: str) -> None:
+    """Write *name* in the directory atomically, so node_exporter never reads half a file:
+    a temporary file with a random name, created with O_EXCL and never through a
+    symlink, then renamed over the old one (by lockrun.check's fleet file too)."""
+    import secrets
+
+    temp = f".{name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o644, dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError:
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write("\n".join(lines) + "\n")
-            os.replace(temp, self.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.unlink(temp, dir_fd=dir_fd)
         except OSError:
-            try:
-                os.unlink(temp, dir_fd=dir_fd)
-            except OSError:
-                pass
-            raise
+            pass
+        raise
 
 
 def _open_regular(name: str, flags: int, dir_fd: int) -> int:
