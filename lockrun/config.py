@@ -44,6 +44,7 @@ class Config:
         'on_redis_error',
         'overlap',
         'ping_url',
+        'quiet_unless_failed',
         'redis_password',
         'redis_timeout',
         'redis_url',
@@ -91,6 +92,7 @@ class Config:
         wait_timeout: float = 1.0,
         strict_replicas: bool = False,
         mail_on_failure: bool = False,
+        quiet_unless_failed: bool = False,
         state_dir: str | None = None,
     ) -> None:
         self.key: Final = key
@@ -122,6 +124,8 @@ class Config:
         self.wait_timeout: Final = wait_timeout
         self.strict_replicas: Final = strict_replicas
         self.mail_on_failure: Final = mail_on_failure
+        self.quiet_unless_failed: Final = quiet_unless_failed
+        """Keep the job's stdout and stderr, and print them only if it fails (chronic)."""
         self.state_dir: Final = state_dir
         """None: the default for this user (lockrun.state.default_dir); '': no state."""
         _check_timing(self)

@@ -51,7 +51,10 @@ def _libc_prctl(option: int, arg: int) -> int:
 class Child:
     """The job: its own process group, started with a parent-death signal."""
 
-    def __init__(self, argv: Sequence[str], program: str, env: dict[str, str]) -> None:
+    def __init__(self, argv: Sequence[str], program: str, env: dict[str, str],
+                 output: tuple[int, int] | None = None) -> None:
+        """*output*: descriptors that become the job's stdout and stderr (None: lockrun's
+        own, inherited)."""
         self.foreground_tty = _foreground_tty()
         self.unprotected: list[str] = []
         """What could not be set up around the job, one phrase each, for one warning."""
@@ -61,7 +64,7 @@ class Child:
                 f"cannot become a child subreaper ({os.strerror(failed)}): processes the job "
                 "daemonizes may outlive --timeout, --on-lost kill and its end")
         self.pid, no_pdeathsig, exec_errno = _spawn(list(argv), program, env,
-                                                    self.foreground_tty)
+                                                    self.foreground_tty, output)
         if exec_errno is not None:
             if exec_errno == errno.ENOENT:
                 raise CommandNotFound(f"{argv[0]}: command not found")
@@ -167,8 +170,8 @@ class Child:
             _give_terminal(self.foreground_tty, os.getpgrp())
 
 
-def _spawn(argv: list[str], program: str, env: dict[str, str],
-           tty: int | None) -> tuple[int, bool, int | None]:
+def _spawn(argv: list[str], program: str, env: dict[str, str], tty: int | None,
+           output: tuple[int, int] | None = None) -> tuple[int, bool, int | None]:
     """fork and exec the job: (pid, parent-death signal missing, exec's errno or None).
 
     What subprocess.Popen(preexec_fn=..., close_fds=True) does, without importing
@@ -197,6 +200,9 @@ def _spawn(argv: list[str], program: str, env: dict[str, str],
                 _give_terminal(tty, os.getpgrp())
             for sig in (signal.SIGPIPE, signal.SIGXFSZ):
                 signal.signal(sig, signal.SIG_DFL)
+            if output is not None:
+                os.dup2(output[0], 1)
+                os.dup2(output[1], 2)
             os.closerange(3, report_w)
             os.closerange(report_w + 1, _max_fd())
             os.execve(program, argv, env)  # noqa: S606 - the job's own argv, as Popen ran it

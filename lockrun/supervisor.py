@@ -7,6 +7,7 @@ holds the child itself (spawn, process group, tree kill, terminal).
 
 from __future__ import annotations
 
+import os
 import time
 
 from lockrun.errors import LockrunError, PossibleDuplicate, RedisUnavailable
@@ -104,8 +105,18 @@ class Supervisor:
 
     def run(self, program: str, env: dict[str, str]) -> int:
         cfg = self.cfg
+        kept = _Kept() if cfg.quiet_unless_failed else None
         try:
-            child = Child(cfg.command, program, env)
+            code = self._run(program, env, kept)
+        finally:
+            if kept is not None:
+                kept.close()
+        return code
+
+    def _run(self, program: str, env: dict[str, str], kept: _Kept | None) -> int:
+        cfg = self.cfg
+        try:
+            child = Child(cfg.command, program, env, kept.fds if kept is not None else None)
         except LockrunError as exc:
             # Nothing ran: give the fire back so a server that can run it does
             # (a missing interpreter on this host only, say), instead of
@@ -158,6 +169,8 @@ class Supervisor:
             outcome = ("timeout" if self.timed_out else "cancelled" if self.cancelled_by
                        else "exited")
             release(self.lease, cfg, self.out, int(code), outcome, self.state)
+        if kept is not None and code != 0:
+            kept.show()  # before lockrun's own line, as the job printed it
         if cfg.mail_on_failure and code != 0 and not self.timed_out:  # a timeout said so
             # cron mails output only: a job that fails silently would go unnoticed
             self.out.error(f"{cfg.key} fire {cfg.fire} failed on {host_name()} with "
@@ -234,3 +247,32 @@ class Supervisor:
         if not candidates:
             return 60.0
         return max(0.0, min(candidates) - time.monotonic())
+
+
+class _Kept:
+    """--quiet-unless-failed: the job's stdout and stderr go to two unnamed files (no
+    pipe to drain, so the wait loop stays as it is, and a job that prints a lot cannot
+    block on a full pipe); on failure they are copied to lockrun's own stdout and
+    stderr, each as the job wrote it; on success they vanish with the descriptors."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self.files = (tempfile.TemporaryFile(), tempfile.TemporaryFile())
+        self.fds = (self.files[0].fileno(), self.files[1].fileno())
+
+    def show(self) -> None:
+        import sys
+
+        for kept, stream in zip(self.files, (sys.stdout, sys.stderr), strict=True):
+            try:
+                stream.flush()
+                kept.seek(0)
+                while chunk := kept.read(65536):
+                    os.write(stream.fileno(), chunk)
+            except (OSError, ValueError):
+                pass  # a closed stdout must not change the exit status
+
+    def close(self) -> None:
+        for kept in self.files:
+            kept.close()

@@ -371,3 +371,21 @@ def test_the_jobs_environment_is_lockruns_plus_the_fire_variables(redis_server: 
                                      "LOCKRUN_OWNER")}
     assert fire["LOCKRUN_KEY"] == key
     assert seen == given
+
+
+def test_quiet_unless_failed_prints_the_jobs_output_only_when_it_fails(
+        redis_server: RedisServer, key: str) -> None:
+    """chronic's behaviour: cron mails failures only, with everything the job printed."""
+    job = ("echo out1; echo err1 >&2; head -c 1048576 /dev/zero | tr '\\0' x; echo; "
+           "echo out2; exit \"$1\"")
+    ok = run_lockrun("-k", key, "--fire", "f1", "--quiet-unless-failed", "--", "sh", "-c", job,
+                     "sh", "0", url=redis_server.url)
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "", "")
+    failed = run_lockrun("-k", key, "--fire", "f2", "--quiet-unless-failed", "--", "sh", "-c",
+                         job, "sh", "3", url=redis_server.url)
+    assert failed.returncode == 3
+    assert failed.stdout == "out1\n" + "x" * 1048576 + "\nout2\n"  # more than a pipe holds
+    assert failed.stderr == "err1\n"
+    plain = run_lockrun("-k", key, "--fire", "f3", "--", "sh", "-c", job, "sh", "0",
+                        url=redis_server.url)
+    assert plain.stdout.startswith("out1\n") and plain.stderr == "err1\n"  # off by default
