@@ -245,6 +245,10 @@ class Admin:
                 outcome = fields.get("outcome", "exited")
                 run.outcome = "ran" if outcome == "exited" else outcome
                 run.by = fields.get("by") or run.by
+            elif event == "slow":  # passed --warn-after while it ran
+                elapsed = fields.get("elapsed_ms", "")
+                run.reason = (f"ran past --warn-after ({int(elapsed) / 1000:g}s)"
+                              if elapsed.isdigit() else "ran past --warn-after")
             elif event == "cancel":  # asked to stop; the end says when it did
                 run.by = fields.get("by", "")
             elif event == "lost" and run.end_ms is None:

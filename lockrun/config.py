@@ -59,6 +59,7 @@ class Config:
         'verbosity',
         'wait_replicas',
         'wait_timeout',
+        'warn_after',
     )
 
     def __init__(
@@ -93,6 +94,7 @@ class Config:
         strict_replicas: bool = False,
         mail_on_failure: bool = False,
         quiet_unless_failed: bool = False,
+        warn_after: float | None = None,
         state_dir: str | None = None,
     ) -> None:
         self.key: Final = key
@@ -125,6 +127,8 @@ class Config:
         self.strict_replicas: Final = strict_replicas
         self.mail_on_failure: Final = mail_on_failure
         self.quiet_unless_failed: Final = quiet_unless_failed
+        self.warn_after: Final = warn_after
+        """Say once, while it keeps running, that the job has run this long."""
         """Keep the job's stdout and stderr, and print them only if it fails (chronic)."""
         self.state_dir: Final = state_dir
         """None: the default for this user (lockrun.state.default_dir); '': no state."""

@@ -127,6 +127,14 @@ class Hooks:
         self.warnings.close()
 
     @_never_fatal
+    def slow(self) -> None:
+        """--warn-after passed while the job runs: URL/log, on a thread of its own."""
+        if self.pinger:
+            pinger = self.pinger
+            _background(lambda: self._warn(pinger.log(self._start_cancelled)), "slow ping",
+                        self.warnings)
+
+    @_never_fatal
     def skipped(self) -> None:
         if self.metrics:
             self._warn(self.metrics.record(skips_total=1))

@@ -317,6 +317,9 @@ WRAPPER: tuple[Option, ...] = (
             "When the lease is lost mid-run: warn, or stop the job.  [default: warn]"),
     _duration("timeout", "Stop the job's whole process tree after this long; exit 124.",
               positive=True),
+    _duration("warn_after", "Print one warning line (and record a 'slow' event, and ping "
+              "URL/log with --ping-url) when the job has run this long; it keeps running.",
+              positive=True),
     _duration("kill_after", "Grace between SIGTERM and SIGKILL when lockrun stops the job.  "
               "[default: 10s]"),
     _exit_code("skip_exit_code", "Exit status when another server runs this fire.  "

@@ -28,6 +28,10 @@ class Pinger:
     def start(self, cancelled: threading.Event) -> str | None:
         return self._send("/start", cancelled)
 
+    def log(self, cancelled: threading.Event) -> str | None:
+        """healthchecks' /log: an event on the check's log that changes no state."""
+        return self._send("/log", cancelled)
+
     def finish(self, exit_code: int) -> str | None:
         return self._send("" if exit_code == 0 else f"/{exit_code}", threading.Event())
 

@@ -268,6 +268,14 @@ def request_cancel(client: LockClient, key: str, fire: str, by: str,
     return r[0] == "ok", str(r[1])
 
 
+# A run that passed --warn-after: a note beside its start, for history and check.
+SLOW = Script(("hist_key",), ("owner", "fire", "host", "pid", "maxlen", "elapsed_ms"), """
+redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'slow', 'fire', fire,
+  'owner', owner, 'host', host, 'pid', pid, 'elapsed_ms', elapsed_ms)
+return {1}
+""")
+
+
 # The end was written, but lockrun cannot be sure it stays where the next server
 # looks (a failover under way): said in the history, next to the 'end' event.
 DOUBT = Script(("hist_key",), ("owner", "fire", "host", "pid", "maxlen", "reason"), """
@@ -433,6 +441,10 @@ class Lease:
         r = self.client.call_retrying(
             MISS.source, *self._bind(MISS, retention_ms=retention_ms, late_ms=late_ms))
         return bool(r[0] == 1)
+
+    def record_slow(self, elapsed_ms: int) -> None:
+        """Note in the history that the run passed --warn-after (one attempt)."""
+        self.client.call(SLOW.source, *self._bind(SLOW, elapsed_ms=elapsed_ms))
 
     def wait_replicas(self, replicas: int, timeout_ms: int) -> int:
         """How many replicas acknowledged our claim (WAIT counts this connection's writes)."""

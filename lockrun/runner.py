@@ -250,6 +250,9 @@ class NoHooks:
     def finished(self, exit_code: int) -> None:
         pass
 
+    def slow(self) -> None:
+        pass
+
     def skipped(self) -> None:
         pass
 

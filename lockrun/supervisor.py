@@ -34,6 +34,8 @@ if TYPE_CHECKING:
         def started(self, owner: str) -> None: ...
 
         def finished(self, exit_code: int) -> None: ...
+
+        def slow(self) -> None: ...
 else:
     import _signal as signal  # see lockrun.signals
 
@@ -100,6 +102,8 @@ class Supervisor:
         self.timed_out = False
         self.kill_at: float | None = None
         self.cleaning = False
+        self.warned = False
+        """--warn-after has been said (once per run)."""
         self.cancelled_by = ""
         """Who asked for the job to stop (lockrun cancel, or a fire that replaces it)."""
 
@@ -132,6 +136,7 @@ class Supervisor:
         long_lived()
         started = time.monotonic()
         timeout_at = started + cfg.timeout if cfg.timeout is not None else None
+        warn_at = started + cfg.warn_after if cfg.warn_after is not None else None
         while True:
             status = child.reap()
             for sig in self.inbox.take():
@@ -153,12 +158,14 @@ class Supervisor:
                 self.out.error(f"{cfg.key} fire {cfg.fire} timed out after "
                                f"{cfg.timeout:g}s; stopping it")
                 self._stop(child, now)
+            if warn_at is not None and not self.warned and status is None and now >= warn_at:
+                self._slow(now - started)
             if self.kill_at is not None and now >= self.kill_at:
                 child.signal_tree(signal.SIGKILL)
                 self.kill_at = None
             if self.lease is not None and not self.lost:
                 self._keep_lease(child)
-            self.inbox.wait(self._next_wake(timeout_at))
+            self.inbox.wait(self._next_wake(timeout_at, None if self.warned else warn_at))
         child.restore_terminal()
         code = ExitCode.TIMEOUT if self.timed_out else from_wait_status(child.status or 0)
         if self.cancelled_by and not self.timed_out:
@@ -219,6 +226,23 @@ class Supervisor:
         if time.monotonic() >= self.lease_deadline:
             self._lose(child, f"no successful renewal within the {self.cfg.ttl:g}s ttl")
 
+    def _slow(self, elapsed: float) -> None:
+        """One line while the job keeps running, a 'slow' event beside its start in the
+        history (one attempt, bounded by the Redis timeout like a renewal), and /log."""
+        from lockrun.durations import format_duration, human_duration
+
+        self.warned = True
+        cfg = self.cfg
+        self.out.warning(f"{cfg.key} fire {cfg.fire} has been running for "
+                         f"{human_duration(elapsed)} on {host_name()} (--warn-after "
+                         f"{format_duration(cfg.warn_after or 0)}); it keeps running")
+        if self.lease is not None:
+            try:
+                self.lease.record_slow(round(elapsed * 1000))
+            except RedisUnavailable:
+                pass  # the renewals say what Redis's trouble is; this is only a note
+        self.hooks.slow()
+
     def _cancel(self, child: Child, by: str) -> None:
         """Stop the job as --on-lost kill would: the lease stays ours until it ends, so the
         end is recorded (as 'cancelled') and nothing else starts meanwhile."""
@@ -237,9 +261,9 @@ class Supervisor:
         else:
             self.out.error(f"{where}; the job keeps running without a lock (--on-lost warn)")
 
-    def _next_wake(self, timeout_at: float | None) -> float:
-        candidates = [t for t in (timeout_at if not self.timed_out else None, self.kill_at)
-                      if t is not None]
+    def _next_wake(self, timeout_at: float | None, warn_at: float | None = None) -> float:
+        candidates = [t for t in (timeout_at if not self.timed_out else None, self.kill_at,
+                                  warn_at) if t is not None]
         if self.lease is not None and not self.lost:
             candidates += [self.next_renew, self.lease_deadline]
         if self.cleaning:

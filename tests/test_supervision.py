@@ -9,12 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 from conftest import (
     LOCKRUN,
     RedisServer,
+    history,
     lockrun_env,
     pid_alive,
     run_lockrun,
@@ -389,3 +391,43 @@ def test_quiet_unless_failed_prints_the_jobs_output_only_when_it_fails(
     plain = run_lockrun("-k", key, "--fire", "f3", "--", "sh", "-c", job, "sh", "0",
                         url=redis_server.url)
     assert plain.stdout.startswith("out1\n") and plain.stderr == "err1\n"  # off by default
+
+
+SIGNAL_COUNTING_JOB = """
+import os, signal, sys, time
+got, release = sys.argv[1:3]
+signal.signal(signal.SIGUSR1, lambda *_: open(got, "a").write("u\\n"))
+while not os.path.exists(release):
+    time.sleep(0.05)
+sys.exit(5)
+"""
+"""A job with no child of its own: each SIGUSR1 lockrun forwards is one line in *got*."""
+
+
+def _received(got: Path, count: int) -> bool:
+    return got.exists() and len(got.read_text().split()) >= count
+
+
+def test_warn_after_says_once_that_the_job_runs_long_and_lets_it_run(
+        redis_server: RedisServer, key: str, tmp_path: Path) -> None:
+    release, err, got = tmp_path / "release", tmp_path / "stderr", tmp_path / "got"
+    with err.open("w") as stderr:
+        proc = subprocess.Popen(
+            [str(LOCKRUN), "-k", key, "--fire", "f1", "--warn-after", "1s", "--",
+             sys.executable, "-c", SIGNAL_COUNTING_JOB, str(got), str(release)],
+            env=lockrun_env(redis_server.url), stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            wait_for(lambda: "has been running" in err.read_text(), 30, "the warning")
+            assert proc.poll() is None, "the job must keep running after the warning"
+            for n in (1, 2, 3):  # each forwarded signal wakes lockrun's loop once more
+                proc.send_signal(signal.SIGUSR1)
+                wait_for(partial(_received, got, n), 30, "the job to get the signal")
+        finally:
+            release.touch()
+            proc.wait(60)
+    assert proc.returncode == 5  # the job's own status, untouched
+    lines = err.read_text().splitlines()
+    assert len(lines) == 1 and "--warn-after 1s" in lines[0] and "keeps running" in lines[0]
+    assert [e["event"] for e in history(redis_server, key)] == ["start", "slow", "end"]
+    shown = run_lockrun("history", key, url=redis_server.url).stdout
+    assert "ran past --warn-after" in shown
