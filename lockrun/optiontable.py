@@ -343,7 +343,7 @@ WRAPPER: tuple[Option, ...] = (
     Option("log_format", ("--log-format",), "choice", "Messages as text lines or JSON "
            "objects.  [default: text]", env=_env("LOG_FORMAT"), choices=("text", "json"),
            default="text"),
-    _flag("quiet_unless_failed", "Keep the job's stdout and stderr in files and print them "
+    _flag("quiet_unless_failed", "Keep the job's stdout and stderr in memory and print them "
           "only if it fails (exit status not 0), as chronic does: cron mails failures only. "
           "The job's output is then not a terminal."),
     _flag("mail_on_failure", "When the job fails (exit status not 0), print one line on "

@@ -274,29 +274,37 @@ class Supervisor:
 
 
 class _Kept:
-    """--quiet-unless-failed: the job's stdout and stderr go to two unnamed files (no
-    pipe to drain, so the wait loop stays as it is, and a job that prints a lot cannot
-    block on a full pipe); on failure they are copied to lockrun's own stdout and
-    stderr, each as the job wrote it; on success they vanish with the descriptors."""
+    """--quiet-unless-failed: the job's stdout and stderr go to two anonymous in-memory
+    files (memfd): no pipe to drain, so the wait loop stays as it is and a job that
+    prints a lot cannot block on a full pipe; no disk either, because they are made
+    after the claim, where nothing may block without renewing the lease. On failure
+    they are copied to lockrun's own stdout and stderr, each as the job wrote it; on
+    success they vanish with the descriptors."""
 
     def __init__(self) -> None:
-        import tempfile
-
-        self.files = (tempfile.TemporaryFile(), tempfile.TemporaryFile())
-        self.fds = (self.files[0].fileno(), self.files[1].fileno())
+        self.fds = (_memory_file("lockrun-stdout"), _memory_file("lockrun-stderr"))
 
     def show(self) -> None:
         import sys
 
-        for kept, stream in zip(self.files, (sys.stdout, sys.stderr), strict=True):
+        for fd, stream in zip(self.fds, (sys.stdout, sys.stderr), strict=True):
             try:
                 stream.flush()
-                kept.seek(0)
-                while chunk := kept.read(65536):
+                os.lseek(fd, 0, os.SEEK_SET)
+                while chunk := os.read(fd, 65536):
                     os.write(stream.fileno(), chunk)
             except (OSError, ValueError):
                 pass  # a closed stdout must not change the exit status
 
     def close(self) -> None:
-        for kept in self.files:
-            kept.close()
+        for fd in self.fds:
+            os.close(fd)
+
+
+def _memory_file(name: str) -> int:
+    """memfd_create(2) where the system has it; elsewhere an unlinked temporary file."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create(name, os.MFD_CLOEXEC)
+    import tempfile
+
+    return os.dup(tempfile.TemporaryFile().fileno())
