@@ -282,6 +282,17 @@ def run_checked(argv: Argv, env: dict[str, str], stdin: Path | None = None,
     return done.returncode, done.stdout.decode(errors="replace"), err[-1]
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it does not exit in time; safe to call twice."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(STOP_DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -357,13 +368,7 @@ class RedisServer:
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it does not exit in time; safe to call twice."""
         self.client.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(STOP_DEADLINE_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def version(self) -> str:
         return str(self.client.info("server").get("redis_version", "?"))
@@ -502,13 +507,7 @@ class Etcd:
         poll_until(lambda: self._healthy(env), START_DEADLINE_S, "etcd healthy", alive)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(STOP_DEADLINE_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def format_invocation(inv: Invocation) -> list[str]:
