@@ -112,6 +112,10 @@ class FireRun:
     by: str = ""
     """Who asked (a pause, a resume, a cancel): user@host."""
     reason: str = ""
+    attempt: int = 1
+    """Which attempt of the fire this row is (--retries)."""
+    retry_due_ms: int | None = None
+    """This attempt failed and the fire was left for a retry due then."""
 
     @property
     def duration_s(self) -> float | None:
@@ -213,7 +217,7 @@ class Admin:
         """Fold start/end/lost/skip events into one row per (fire, owner), newest first."""
         events = self.client.xrevrange(self._keys(key)["hist"], max(limit * 4, 50))
         runs: dict[tuple[str, str], FireRun] = {}
-        order: list[tuple[str, str]] = []
+        order: list[FireRun] = []
         for stream_id, fields in reversed(events):  # oldest first
             at_ms = int(stream_id.split("-", 1)[0])
             fire, owner = fields.get("fire", ""), fields.get("owner", "")
@@ -227,12 +231,16 @@ class Admin:
                                       reason=fields.get("reason", ""), start_ms=at_ms)
                 until = fields.get("until_ms", "")
                 runs[ident].end_ms = int(until) if until.isdigit() else None
-                order.append(ident)
+                order.append(runs[ident])
                 continue
-            if ident not in runs:
+            if ident not in runs or (event == "start" and runs[ident].end_ms is not None):
+                # a new row; a start after an end is the next --retry-local attempt
                 runs[ident] = FireRun(fire, "", fields.get("host", ""), owner)
-                order.append(ident)
+                order.append(runs[ident])
             run = runs[ident]
+            attempt = fields.get("attempt", "")
+            if attempt.isdigit():
+                run.attempt = int(attempt)
             if event == "start":
                 run.start_ms, run.fence, run.outcome = at_ms, fields.get("fence", ""), "started"
             elif event == "end":
@@ -245,6 +253,8 @@ class Admin:
                 outcome = fields.get("outcome", "exited")
                 run.outcome = "ran" if outcome == "exited" else outcome
                 run.by = fields.get("by") or run.by
+                due = fields.get("retry_due_ms", "")
+                run.retry_due_ms = int(due) if due.isdigit() else None
             elif event == "slow":  # passed --warn-after while it ran
                 elapsed = fields.get("elapsed_ms", "")
                 run.reason = (f"ran past --warn-after ({int(elapsed) / 1000:g}s)"
@@ -264,7 +274,7 @@ class Admin:
             elif event == "possible-duplicate":  # the end may not be where others look
                 run.outcome = "possible-duplicate"
                 run.end_ms = run.end_ms or at_ms
-        rows = [runs[i] for i in reversed(order)][:limit]
+        rows = list(reversed(order))[:limit]
         for row in rows:
             if row.outcome in ("started", "lost") and row.end_ms is None:
                 row.outcome = self._open_outcome(key, row)

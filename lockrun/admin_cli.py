@@ -179,6 +179,10 @@ def history(key: str, limit: int, schedule: str | None, tz: str | None, grace: f
 def _outcome(r: FireRun) -> str:
     """The outcome, with who asked and why where an operator did (pause, resume)."""
     text = r.outcome + (" (recorded late)" if r.recorded_late else "")
+    if r.attempt > 1 or r.retry_due_ms is not None:
+        text += f", attempt {r.attempt}"
+    if r.retry_due_ms is not None:
+        text += f", retry due {_when(r.retry_due_ms)}"
     if r.by and r.fire:
         text += f" by {r.by}"
     return text + (f": {r.reason}" if r.reason else "")

@@ -49,6 +49,12 @@ class Config:
         'redis_timeout',
         'redis_url',
         'retention',
+        'retries',
+        'retry_anywhere',
+        'retry_backoff',
+        'retry_delay',
+        'retry_local',
+        'retry_on',
         'skip_exit_code',
         'slot',
         'state_dir',
@@ -95,6 +101,12 @@ class Config:
         mail_on_failure: bool = False,
         quiet_unless_failed: bool = False,
         warn_after: float | None = None,
+        retries: int = 0,
+        retry_delay: float = 60.0,
+        retry_backoff: int = 1,
+        retry_on: str | None = None,
+        retry_anywhere: bool = False,
+        retry_local: bool = False,
         state_dir: str | None = None,
     ) -> None:
         self.key: Final = key
@@ -127,9 +139,19 @@ class Config:
         self.strict_replicas: Final = strict_replicas
         self.mail_on_failure: Final = mail_on_failure
         self.quiet_unless_failed: Final = quiet_unless_failed
+        """Keep the job's stdout and stderr, and print them only if it fails (chronic)."""
         self.warn_after: Final = warn_after
         """Say once, while it keeps running, that the job has run this long."""
-        """Keep the job's stdout and stderr, and print them only if it fails (chronic)."""
+        self.retries: Final = retries
+        """Further attempts of a failed fire: on whichever server ticks when one is due
+        (a retry ticket), or on this one while it holds the lease (--retry-local)."""
+        self.retry_delay: Final = retry_delay
+        self.retry_backoff: Final = retry_backoff
+        self.retry_on: Final = retry_on
+        """Exit statuses worth a retry ("1,75-78"); None: every failure."""
+        self.retry_anywhere: Final = retry_anywhere
+        """Let a server that failed this fire take its retry as soon as it is due."""
+        self.retry_local: Final = retry_local
         self.state_dir: Final = state_dir
         """None: the default for this user (lockrun.state.default_dir); '': no state."""
         _check_timing(self)
@@ -168,6 +190,34 @@ class Config:
 
             keep = max(keep, hold_until_next(self.slot, now))
         return int(keep * 1000)
+
+
+    def retry_wait(self, attempt: int) -> float:
+        """Seconds from the end of failed *attempt* (1 = the first run) to the next."""
+        from lockrun.durations import MAX_DURATION
+
+        return float(min(MAX_DURATION, self.retry_delay * self.retry_backoff ** (attempt - 1)))
+
+    def retries_code(self, code: int) -> bool:
+        """Whether a failed attempt that exited with *code* is worth another (--retry-on)."""
+        if code == 0:
+            return False
+        if self.retry_on is None:
+            return True
+        return any(low <= code <= high for low, high in code_ranges(self.retry_on))
+
+    def retry_deadline(self) -> float | None:
+        """With --schedule, no attempt starts after the grace: the next slot is near."""
+        return None if self.slot is None else self.slot.fire + self.grace
+
+
+def code_ranges(text: str) -> list[tuple[int, int]]:
+    """'1,75-78' as [(1, 1), (75, 78)]; the CLI has checked the text (exit_codes)."""
+    ranges = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        ranges.append((int(low), int(high or low)))
+    return ranges
 
 
 RENEWALS_PER_TTL = 3

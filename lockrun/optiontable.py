@@ -124,6 +124,19 @@ def http_url(value: str) -> str:
     return value
 
 
+def exit_codes(value: str) -> str:
+    """Exit statuses as '1,2,75-78': each from 1 to 255, ranges low-high."""
+    parts = value.split(",")
+    for part in parts:
+        low, dash, high = part.partition("-")
+        ok = all(0 < len(n) <= 3 and n.isascii() and n.isdigit() and 1 <= int(n) <= 255
+                 for n in ((low, high) if dash else (low,)))
+        if not ok or (dash and int(low) > int(high)):
+            raise UsageError(f"{shown(value, 80)}: give exit statuses from 1 to 255, separated "
+                             "by commas, with ranges as low-high (for example 1,75-78)")
+    return ",".join(parts)
+
+
 def writable_dir(value: str) -> str:
     """Checked up front: a metrics file that silently never appears helps no one."""
     if not os.path.isdir(value):
@@ -320,6 +333,21 @@ WRAPPER: tuple[Option, ...] = (
     _duration("warn_after", "Print one warning line (and record a 'slow' event, and ping "
               "URL/log with --ping-url) when the job has run this long; it keeps running.",
               positive=True),
+    Option("retries", ("--retries",), "whole", "Run a failed fire up to N more times: a "
+           "later tick of any server claims the retry when it is due, preferring servers "
+           "that have not failed it (needs --schedule or --fire, and a crontab that ticks "
+           "more often; or --retry-local).  [default: 0]", metavar="N",
+           env=_env("RETRIES"), low=0, high=20),
+    _duration("retry_delay", "Wait between a failed attempt and the next.  [default: 1m]",
+              positive=True, maximum=86400.0),
+    Option("retry_backoff", ("--retry-backoff",), "whole", "Multiply the delay by F after "
+           "each failed attempt (a whole factor).  [default: 1]", metavar="F",
+           env=_env("RETRY_BACKOFF"), low=1, high=10),
+    _string("retry_on", "CODES", "Retry only these exit statuses (e.g. 1,75-78; 124 is "
+            "--timeout).  [default: every failure]", exit_codes),
+    _flag("retry_anywhere", "Let a server that failed the fire take its retry as soon as it "
+          "is due (by default it waits one more delay for another server)."),
+    _flag("retry_local", "Retry on this server, in place, while holding the lease."),
     _duration("kill_after", "Grace between SIGTERM and SIGKILL when lockrun stops the job.  "
               "[default: 10s]"),
     _exit_code("skip_exit_code", "Exit status when another server runs this fire.  "
@@ -443,6 +471,7 @@ def invocation(values: Mapping[str, Value], command: tuple[str, ...], redis_pass
             slot = validate(str(schedule), zone_from(str(values["tz"])), now)
         else:  # the zone cron used: CRON_TZ (cronie) or the system's (Debian's cron)
             slot = slot_of_tick(str(schedule), cron_zones(), now)
+    _check_retries(values, slot is not None or fire is not None)
     verbosity = (Verbosity.VERBOSE if values["verbose"]
                  else Verbosity.QUIET if values["quiet"] else Verbosity.NORMAL)
     if not command:
@@ -460,6 +489,31 @@ def invocation(values: Mapping[str, Value], command: tuple[str, ...], redis_pass
                       tls=tls_files(values), **{n: values[n] for n in CONFIG_FIELDS})
     return Invocation(config, json_lines=values["log_format"] == "json",
                       syslog=bool(values["syslog"]))
+
+
+def _check_retries(values: Mapping[str, Value], fixed_fire: bool) -> None:
+    """Retry settings that could never retry are refused, not silently ignored."""
+    retries = values["retries"]
+    if not retries:
+        for name in ("retry_on", "retry_anywhere", "retry_local"):
+            if values[name]:
+                flag = BY_NAME[name].flags[-1]
+                raise UsageError(f"{flag} has no effect without --retries N")
+        return
+    if values["retry_local"] and values["retry_anywhere"]:
+        raise UsageError("--retry-local retries on this server only: --retry-anywhere "
+                         "cannot be used with it")
+    if not values["retry_local"] and not fixed_fire:
+        raise UsageError("--retries needs --schedule or --fire: a retry is claimed by a later "
+                         "tick of the same fire, and without them each tick is a new fire "
+                         "(or use --retry-local to retry on this server)")
+    delay = values["retry_delay"]
+    grace = values["grace"]
+    if (values["schedule"] is not None and isinstance(delay, float)
+            and isinstance(grace, float) and delay >= grace):
+        raise UsageError(f"--retry-delay {format_duration(delay)} does not fit in --grace "
+                         f"{format_duration(grace)}: no retry may start after the grace, so "
+                         "the delay must be shorter")
 
 
 def option_kinds() -> dict[str, str]:

@@ -25,6 +25,31 @@ if TYPE_CHECKING:
 HISTORY_MAXLEN = 1000
 """Approximate cap of the per-job history stream (``XADD MAXLEN ~``)."""
 
+# The job's state across the fleet, kept beside its history by every script that
+# records an end: the last end, how many ended in failure in a row, and the last
+# success, so "third failure in a row" and "recovered" are facts even when each
+# run was on another server. An end older than the last one recorded (a kept
+# end, recorded after Redis came back) changes nothing.
+JOB_STATE = """
+local function job_state(job_key, fire, host, exit, outcome, end_ms)
+  local last = tonumber(redis.call('HGET', job_key, 'last_end_ms') or '0') or 0
+  if tonumber(end_ms) < last then
+    return
+  end
+  local failed = outcome ~= 'exited' or exit ~= '0'
+  local streak = 0
+  if failed then
+    streak = (tonumber(redis.call('HGET', job_key, 'failures') or '0') or 0) + 1
+  end
+  redis.call('HSET', job_key, 'last_fire', fire, 'last_host', host, 'last_exit', exit,
+    'last_outcome', outcome, 'last_end_ms', end_ms, 'failures', streak)
+  if not failed then
+    redis.call('HSET', job_key, 'last_success_ms', end_ms, 'last_success_fire', fire)
+  end
+end
+"""
+
+
 # A claim of one fire. The fire hash is created with SET-NX-PX semantics (only
 # if absent, with a TTL) and later turns into the done record in place. The
 # fence is max(previous + 1, server time in microseconds): strictly increasing,
@@ -35,27 +60,79 @@ HISTORY_MAXLEN = 1000
 # without writing again and the history says why it did not run. The fleet's
 # flag lives outside the job's slot; on Cluster the client reads it first and
 # passes what it found (fleet_read 0), elsewhere the script reads it itself.
+#
+# With --retries (tracked 1) the try hash counts the fire's attempts that ended
+# and the hosts that failed them, and names the attempt now running. A fire
+# whose attempt failed is a retry ticket (state 'retry'): claimable by any
+# server once due, by a server that failed it only after one more delay
+# (unless elsewhere is 0). An attempt that started and left neither an end nor
+# a give-back crashed (its lease expired with it): the first claim to find it
+# counts it as a failed attempt, then treats the fire as a ticket due now.
 ACQUIRE = Script(("fire_key", "guard_key", "fence_key", "hist_key", "pause_key",
-                  "fleet_pause_key"),
+                  "fleet_pause_key", "try_key", "job_key"),
                  ("owner", "ttl_ms", "guard", "fire", "host", "pid", "maxlen", "local_ms",
-                  "retention_ms", "fleet_read", "fleet_by", "fleet_reason"), """
+                  "retention_ms", "fleet_read", "fleet_by", "fleet_reason", "tracked",
+                  "attempts", "delay_ms", "elsewhere"), JOB_STATE + """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if string.find(redis.call('INFO', 'replication'), 'role:slave', 1, true) then
-  return {'replica', 0, now_ms, '', ''}
+  return {'replica', 0, now_ms, '', '', 0}
+end
+local function failed_by(list, name)
+  return string.find(',' .. list .. ',', ',' .. name .. ',', 1, true) ~= nil
 end
 local h = redis.call('HMGET', fire_key, 'owner', 'state', 'fence', 'host', 'start', 'by',
-  'reason')
-if h[1] then
+  'reason', 'due_ms', 'prefer_ms')
+local tr = {false, false, false, false}
+if tracked == '1' then
+  tr = redis.call('HMGET', try_key, 'done', 'failed', 'running', 'host')
+end
+local done = tonumber(tr[1]) or 0
+local failed = tr[2] or ''
+local ticket = h[2] == 'retry'
+if not h[1] and not h[2] and tr[3] then
+  -- the attempt named in the try hash crashed: count it, then it is a ticket due now
+  done = done + 1
+  if failed == '' then failed = tr[4] else failed = failed .. ',' .. tr[4] end
+  redis.call('HSET', try_key, 'done', done, 'failed', failed)
+  redis.call('HDEL', try_key, 'running')
+  redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'end', 'fire', fire,
+    'owner', tr[3], 'host', tr[4], 'outcome', 'crashed', 'attempt', done,
+    'found_by', host)
+  local stamp = string.format('%.0f', now_ms)
+  if done >= tonumber(attempts) then
+    redis.call('HSET', fire_key, 'owner', tr[3], 'state', 'done', 'host', tr[4],
+      'outcome', 'crashed', 'exit', '', 'end', stamp, 'attempt', done)
+    redis.call('PEXPIRE', fire_key, retention_ms)
+    job_state(job_key, fire, tr[4], '', 'crashed', stamp)
+    return {'exhausted', 0, now_ms, tr[4], 'crashed', done}
+  end
+  local prefer = now_ms
+  if elsewhere == '1' then prefer = now_ms + tonumber(delay_ms) end
+  redis.call('HSET', fire_key, 'owner', tr[3], 'state', 'retry', 'host', tr[4],
+    'outcome', 'crashed', 'exit', '', 'end', stamp, 'attempt', done,
+    'due_ms', stamp, 'prefer_ms', string.format('%.0f', prefer))
+  redis.call('PEXPIRE', fire_key, retention_ms)
+  h = {tr[3], 'retry', false, tr[4], false, false, false, stamp,
+       string.format('%.0f', prefer)}
+  ticket = true
+end
+if ticket then
+  if now_ms < (tonumber(h[8]) or 0) then
+    return {'retry-wait', 0, now_ms, h[4] or '', h[8], done}
+  end
+  if elsewhere == '1' and now_ms < (tonumber(h[9]) or 0) and failed_by(failed, host) then
+    return {'retry-elsewhere', 0, now_ms, failed, h[9], done}
+  end
+elseif h[1] then
   if h[1] == owner and h[2] == 'running' then
-    return {'ok', tonumber(h[3]), now_ms, '', ''}
+    return {'ok', tonumber(h[3]), now_ms, '', '', done}
   end
   local why = 'held'
   if h[2] == 'done' then why = 'done' end
-  return {why, tonumber(h[3]) or 0, now_ms, h[4] or '', h[5] or ''}
-end
-if h[2] == 'paused' then
-  return {'paused', 0, now_ms, h[6] or '', h[7] or ''}
+  return {why, tonumber(h[3]) or 0, now_ms, h[4] or '', h[5] or '', done}
+elseif h[2] == 'paused' then
+  return {'paused', 0, now_ms, h[6] or '', h[7] or '', 0}
 end
 local p = redis.call('HMGET', pause_key, 'by', 'reason')
 local scope = 'job'
@@ -67,6 +144,9 @@ if not p[1] then
     p = {fleet_by, fleet_reason}
   end
 end
+if p[1] and ticket then  -- the retry waits for the resume (within the grace)
+  return {'paused', 0, now_ms, p[1], p[2] or '', done}
+end
 if p[1] then
   redis.call('HSET', fire_key, 'state', 'paused', 'outcome', 'paused', 'by', p[1],
     'reason', p[2] or '', 'scope', scope, 'host', host, 'pid', pid)
@@ -74,12 +154,12 @@ if p[1] then
   redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'skip', 'fire', fire,
     'owner', owner, 'host', host, 'pid', pid, 'reason', 'paused', 'by', p[1],
     'why', p[2] or '', 'scope', scope)
-  return {'paused', 0, now_ms, p[1], p[2] or ''}
+  return {'paused', 0, now_ms, p[1], p[2] or '', 0}
 end
 if guard == '1' then
   local g = redis.call('HMGET', guard_key, 'owner', 'fence', 'host', 'fire')
   if g[1] and g[1] ~= owner then
-    return {'overlap', tonumber(g[2]) or 0, now_ms, g[3] or '', g[4] or ''}
+    return {'overlap', tonumber(g[2]) or 0, now_ms, g[3] or '', g[4] or '', done}
   end
 end
 local fence = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -87,10 +167,16 @@ local last = tonumber(redis.call('GET', fence_key) or '0') or 0
 if fence <= last then fence = last + 1 end
 local f = string.format('%.0f', fence)
 local start = string.format('%.0f', now_ms)
+local attempt = done + 1
 redis.call('SET', fence_key, f)
+if ticket then redis.call('DEL', fire_key) end
 redis.call('HSET', fire_key, 'owner', owner, 'state', 'running', 'fence', f,
-  'host', host, 'pid', pid, 'start', start)
+  'host', host, 'pid', pid, 'start', start, 'attempt', attempt)
 redis.call('PEXPIRE', fire_key, ttl_ms)
+if tracked == '1' then
+  redis.call('HSET', try_key, 'done', done, 'failed', failed, 'running', owner, 'host', host)
+  redis.call('PEXPIRE', try_key, retention_ms)
+end
 if guard == '1' then
   redis.call('HSET', guard_key, 'owner', owner, 'fence', f, 'host', host,
     'pid', pid, 'fire', fire, 'start', start)
@@ -99,23 +185,38 @@ end
 local skew = string.format('%.0f', tonumber(local_ms) - now_ms)
 redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'start',
   'fire', fire, 'owner', owner, 'host', host, 'pid', pid, 'fence', f,
-  'skew_ms', skew)
-return {'ok', fence, now_ms, '', ''}
+  'skew_ms', skew, 'attempt', attempt)
+return {'ok', fence, now_ms, '', '', attempt}
 """)
 
 # A scheduled fire that this server reached after its grace. Recorded once, so
 # "which fires ran nowhere" can be answered from the history; a server still
-# within the grace (its clock behind ours) may claim over this record.
-MISS = Script(("fire_key", "hist_key"), ("owner", "retention_ms", "fire", "host", "pid", "maxlen",
-                                        "late_ms"), """
-if redis.call('EXISTS', fire_key) == 1 then
-  return {0}
+# within the grace (its clock behind ours) may claim over this record. A retry
+# ticket still waiting at that point ends the fire with its last attempt's
+# failure (reply 2), once: the job's state and the fleet's notification need
+# that end.
+MISS = Script(("fire_key", "hist_key", "job_key"),
+              ("owner", "retention_ms", "fire", "host", "pid", "maxlen", "late_ms"),
+              JOB_STATE + """
+local h = redis.call('HMGET', fire_key, 'state', 'host', 'exit', 'outcome', 'attempt')
+if h[1] == 'retry' then
+  local t = redis.call('TIME')
+  local stamp = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  redis.call('HSET', fire_key, 'state', 'done', 'reason', 'retry-too-late')
+  redis.call('PEXPIRE', fire_key, retention_ms)
+  redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'skip', 'fire', fire,
+    'owner', owner, 'host', host, 'pid', pid, 'reason', 'retry-too-late', 'late_ms', late_ms)
+  job_state(job_key, fire, h[2] or '', h[3] or '', h[4] or 'exited', stamp)
+  return {2, h[2] or '', h[3] or '', h[4] or '', tonumber(h[5]) or 1}
+end
+if h[1] then
+  return {0, '', '', '', 0}
 end
 redis.call('HSET', fire_key, 'state', 'missed', 'outcome', 'too-late', 'host', host, 'pid', pid)
 redis.call('PEXPIRE', fire_key, retention_ms)
 redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'skip', 'fire', fire,
   'owner', owner, 'host', host, 'pid', pid, 'reason', 'too-late', 'late_ms', late_ms)
-return {1}
+return {1, '', '', '', 0}
 """)
 
 # Sets (never adds) the full TTL on both keys, only while they are still ours.
@@ -154,29 +255,7 @@ end
 return {'ok', now_ms, ''}
 """)
 
-# The job's state across the fleet, kept beside its history by every script that
-# records an end: the last end, how many ended in failure in a row, and the last
-# success, so "third failure in a row" and "recovered" are facts even when each
-# run was on another server. An end older than the last one recorded (a kept
-# end, recorded after Redis came back) changes nothing.
-JOB_STATE = """
-local function job_state(job_key, fire, host, exit, outcome, end_ms)
-  local last = tonumber(redis.call('HGET', job_key, 'last_end_ms') or '0') or 0
-  if tonumber(end_ms) < last then
-    return
-  end
-  local failed = outcome ~= 'exited' or exit ~= '0'
-  local streak = 0
-  if failed then
-    streak = (tonumber(redis.call('HGET', job_key, 'failures') or '0') or 0) + 1
-  end
-  redis.call('HSET', job_key, 'last_fire', fire, 'last_host', host, 'last_exit', exit,
-    'last_outcome', outcome, 'last_end_ms', end_ms, 'failures', streak)
-  if not failed then
-    redis.call('HSET', job_key, 'last_success_ms', end_ms, 'last_success_fire', fire)
-  end
-end
-"""
+
 
 # Turns our claim into the done record kept for the retention period: a late
 # server that arrives after we finished must find it and skip. The overlap
@@ -184,37 +263,78 @@ end
 # the record already done and changes nothing. Like the acquire and the renewal,
 # it refuses a replica: a demoted primary (or one with replica-read-only no)
 # would accept the record and lose it.
-RELEASE = Script(("fire_key", "guard_key", "hist_key", "job_key"),
+#
+# A failed attempt with retries left (retry_ms > 0) becomes a retry ticket
+# instead: due retry_ms after now, preferring other servers for prefer_ms more,
+# unless it would be due after left_ms from now (what is left of the grace, by
+# the local clock that fixed the fire; -1: no bound), when it is the end.
+# The job's state changes only at the fire's real end; the reply carries the
+# failures in a row before this end, so "recovered" is decided here, once.
+RELEASE = Script(("fire_key", "guard_key", "hist_key", "job_key", "try_key"),
                  ("owner", "retention_ms", "guard", "fire", "host", "pid", "maxlen", "exit",
-                  "outcome"), JOB_STATE + """
+                  "outcome", "retry_ms", "prefer_ms", "left_ms"), JOB_STATE + """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if string.find(redis.call('INFO', 'replication'), 'role:slave', 1, true) then
-  return {'replica', now_ms}
+  return {'replica', now_ms, 0, 0}
 end
 local finish = string.format('%.0f', now_ms)
 if guard == '1' and redis.call('HGET', guard_key, 'owner') == owner then
   redis.call('DEL', guard_key)
 end
-local h = redis.call('HMGET', fire_key, 'owner', 'state', 'fence', 'cancel_by')
+local before = tonumber(redis.call('HGET', job_key, 'failures') or '0') or 0
+local h = redis.call('HMGET', fire_key, 'owner', 'state', 'fence', 'cancel_by', 'attempt',
+  'due_ms')
 if h[1] == owner then
   if h[2] == 'done' then
-    return {'ok', now_ms}
+    return {'ok', now_ms, before, 0}
   end
-  redis.call('HSET', fire_key, 'state', 'done', 'end', finish, 'exit', exit,
+  if h[2] == 'retry' then
+    return {'retry', now_ms, before, tonumber(h[6]) or 0}
+  end
+  local due = 0
+  if tonumber(retry_ms) > 0 then
+    due = now_ms + tonumber(retry_ms)
+    if tonumber(left_ms) >= 0 and due > now_ms + tonumber(left_ms) then due = 0 end
+  end
+  local failed_host = outcome ~= 'exited' or exit ~= '0'
+  local tr = redis.call('HMGET', try_key, 'running', 'failed')
+  if tr[1] == owner then
+    local failed = tr[2] or ''
+    if failed_host then
+      if failed == '' then failed = host else failed = failed .. ',' .. host end
+    end
+    redis.call('HSET', try_key, 'done', tonumber(h[5]) or 1, 'failed', failed)
+    redis.call('HDEL', try_key, 'running')
+    redis.call('PEXPIRE', try_key, retention_ms)
+  end
+  local state = 'done'
+  local extra = {}
+  if due > 0 then
+    state = 'retry'
+    local d = string.format('%.0f', due)
+    local p = string.format('%.0f', due + tonumber(prefer_ms))
+    redis.call('HSET', fire_key, 'due_ms', d, 'prefer_ms', p)
+    extra = {'retry_due_ms', d}
+  end
+  redis.call('HSET', fire_key, 'state', state, 'end', finish, 'exit', exit,
     'outcome', outcome)
   redis.call('PEXPIRE', fire_key, retention_ms)
   redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'end',
     'fire', fire, 'owner', owner, 'host', host, 'pid', pid,
-    'fence', h[3], 'exit', exit, 'outcome', outcome, 'by', h[4] or '')
+    'fence', h[3], 'exit', exit, 'outcome', outcome, 'by', h[4] or '',
+    'attempt', h[5] or '1', unpack(extra))
+  if due > 0 then
+    return {'retry', now_ms, before, due}
+  end
   job_state(job_key, fire, host, exit, outcome, finish)
-  return {'ok', now_ms}
+  return {'ok', now_ms, before, 0}
 end
 redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'end',
   'fire', fire, 'owner', owner, 'host', host, 'pid', pid,
   'exit', exit, 'outcome', 'lost')
 job_state(job_key, fire, host, exit, 'lost', finish)
-return {'lost', now_ms}
+return {'lost', now_ms, before, 0}
 """)
 
 
@@ -224,13 +344,26 @@ return {'lost', now_ms}
 # server or a later tick may still run it. Only a running claim that is still
 # ours is removed, and only then is the give-back written to the history, so
 # a give-back after a lost reply that never claimed leaves no trace.
-ABANDON = Script(("fire_key", "guard_key", "hist_key"),
+ABANDON = Script(("fire_key", "guard_key", "hist_key", "try_key"),
                  ("owner", "guard", "fire", "host", "pid", "maxlen", "reason"), """
-local h = redis.call('HMGET', fire_key, 'owner', 'state')
+local h = redis.call('HMGET', fire_key, 'owner', 'state', 'attempt')
 if h[1] ~= owner or h[2] ~= 'running' then
   return {0}
 end
 redis.call('DEL', fire_key)
+if redis.call('HGET', try_key, 'running') == owner then
+  redis.call('HDEL', try_key, 'running')  -- not an attempt that crashed: none started
+  local attempt = tonumber(h[3]) or 1
+  if attempt > 1 then  -- a claimed retry: the ticket goes back, due now
+    local t = redis.call('TIME')
+    local now = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+    local keep = redis.call('PTTL', try_key)
+    if keep <= 0 then keep = 86400000 end
+    redis.call('HSET', fire_key, 'owner', owner, 'state', 'retry', 'host', host,
+      'outcome', 'given-back', 'attempt', attempt - 1, 'due_ms', now, 'prefer_ms', now)
+    redis.call('PEXPIRE', fire_key, keep)
+  end
+end
 if guard == '1' and redis.call('HGET', guard_key, 'owner') == owner then
   redis.call('DEL', guard_key)
 end
@@ -268,6 +401,36 @@ def request_cancel(client: LockClient, key: str, fire: str, by: str,
     return r[0] == "ok", str(r[1])
 
 
+# --retry-local: an attempt of a fire this server still holds ended in failure
+# (phase 'end': counted, and in the history with when the next one is due), or
+# the next attempt starts (phase 'start': a start event, so the history shows
+# each attempt). Only while the claim is ours; one attempt, as a renewal.
+ATTEMPT = Script(("fire_key", "hist_key", "try_key"),
+                 ("owner", "fire", "host", "pid", "maxlen", "phase", "attempt", "exit",
+                  "outcome", "retry_ms"), """
+local h = redis.call('HMGET', fire_key, 'owner', 'state', 'fence')
+if h[1] ~= owner or h[2] ~= 'running' then
+  return {0}
+end
+if phase == 'end' then
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local failed = redis.call('HGET', try_key, 'failed') or ''
+  if failed == '' then failed = host else failed = failed .. ',' .. host end
+  redis.call('HSET', try_key, 'done', attempt, 'failed', failed)
+  redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'end', 'fire', fire,
+    'owner', owner, 'host', host, 'pid', pid, 'fence', h[3], 'exit', exit,
+    'outcome', outcome, 'attempt', attempt,
+    'retry_due_ms', string.format('%.0f', now_ms + tonumber(retry_ms)))
+else
+  redis.call('HSET', fire_key, 'attempt', attempt)
+  redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'start', 'fire', fire,
+    'owner', owner, 'host', host, 'pid', pid, 'fence', h[3], 'attempt', attempt)
+end
+return {1}
+""")
+
+
 # A run that passed --warn-after: a note beside its start, for history and check.
 SLOW = Script(("hist_key",), ("owner", "fire", "host", "pid", "maxlen", "elapsed_ms"), """
 redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'slow', 'fire', fire,
@@ -300,6 +463,7 @@ def job_keys(key: str, fire: str, prefix: str = "lockrun") -> dict[str, str]:
         "hist": f"{base}:hist",
         "pause": f"{base}:pause",
         "job": f"{base}:job",
+        "try": f"{base}:try:{fire}",
     }
 
 
@@ -333,20 +497,38 @@ def new_owner() -> str:
 class Acquired:
     """Outcome of an acquire: ``won`` or the reason this server skips."""
 
-    __slots__ = ("fence", "holder_detail", "holder_host", "server_ms", "status")
+    __slots__ = ("attempt", "fence", "holder_detail", "holder_host", "server_ms", "status")
 
     def __init__(self, status: str, fence: int, server_ms: int, holder_host: str = "",
-                 holder_detail: str = "") -> None:
+                 holder_detail: str = "", attempt: int = 1) -> None:
         self.status: Final = status
-        """ok | held | done | overlap | replica"""
+        """ok | held | done | overlap | paused | replica | retry-wait | retry-elsewhere |
+        exhausted (an attempt crashed, and it was the last allowed)"""
         self.fence: Final = fence
         self.server_ms: Final = server_ms
         self.holder_host: Final = holder_host
         self.holder_detail: Final = holder_detail
+        self.attempt: Final = attempt
+        """Won: which attempt of the fire this is (1 unless retried). Otherwise the
+        attempts that have ended."""
 
     @property
     def won(self) -> bool:
         return self.status == "ok"
+
+
+class Released:
+    """What the release recorded: the end, a retry ticket, or nothing (the claim was lost)."""
+
+    __slots__ = ("failures_before", "ok", "retry_due_ms")
+
+    def __init__(self, ok: bool, failures_before: int = 0, retry_due_ms: int = 0) -> None:
+        self.ok: Final = ok
+        self.failures_before: Final = failures_before
+        """Fires of the job that failed in a row before this end, whichever servers ran
+        them: a success after some is a recovery."""
+        self.retry_due_ms: Final = retry_due_ms
+        """Not 0: the fire is a retry ticket, due at this Redis time; not the end."""
 
 
 class Renewed:
@@ -364,10 +546,12 @@ class Renewed:
 class Lease:
     """One server's claim on one fire, from acquire to release."""
 
-    __slots__ = ("client", "fence", "fire", "guard", "host", "key", "owner", "prefix", "ttl_ms")
+    __slots__ = ("attempt", "attempts", "client", "elsewhere", "fence", "fire", "guard", "host",
+                 "key", "owner", "prefix", "retry_delay_ms", "ttl_ms")
 
     def __init__(self, client: LockClient, *, key: str, fire: str, ttl_ms: int, guard: bool,
-                 owner: str, host: str, prefix: str = "lockrun") -> None:
+                 owner: str, host: str, prefix: str = "lockrun", attempts: int = 1,
+                 retry_delay_ms: int = 0, elsewhere: bool = True) -> None:
         self.client: Final = client
         self.key: Final = key
         self.fire: Final = fire
@@ -376,8 +560,15 @@ class Lease:
         self.owner: Final = owner
         self.host: Final = host
         self.prefix: Final = prefix
+        self.attempts: Final = attempts
+        """How many attempts a fire may have (--retries + 1); above 1 the try hash counts
+        them."""
+        self.retry_delay_ms: Final = retry_delay_ms
+        self.elsewhere: Final = elsewhere
         self.fence = 0
         """Set by a won acquire: what the job gets as LOCKRUN_FENCE."""
+        self.attempt = 1
+        """Set by a won acquire, raised by --retry-local: which attempt of the fire runs."""
 
     @property
     def keys(self) -> dict[str, str]:
@@ -388,6 +579,7 @@ class Lease:
         k = self.keys
         names = {"fire_key": k["fire"], "guard_key": k["running"], "fence_key": k["fence"],
                  "hist_key": k["hist"], "pause_key": k["pause"], "job_key": k["job"],
+                 "try_key": k["try"],
                  "fleet_pause_key": fleet_keys(self.prefix)["pause"]}
         identity: dict[str, str | int] = {
             "owner": self.owner, "guard": "1" if self.guard else "0", "fire": self.fire,
@@ -406,11 +598,14 @@ class Lease:
             fleet = {"fleet_read": "0", "fleet_by": str(by or ""),
                      "fleet_reason": str(reason or "")}
         keys, args = self._bind(ACQUIRE, ttl_ms=self.ttl_ms, local_ms=local_ms,
-                                retention_ms=retention_ms, **fleet)
+                                retention_ms=retention_ms, tracked=int(self.attempts > 1),
+                                attempts=self.attempts, delay_ms=self.retry_delay_ms,
+                                elsewhere=int(self.elsewhere), **fleet)
         if self.client.cluster:  # a key of the job's slot in its place (read as unpaused)
             keys[ACQUIRE.keys.index("fleet_pause_key")] = self.keys["pause"]
         r = self.client.call_retrying(ACQUIRE.source, keys, args)
-        result = Acquired(str(r[0]), whole(r[1]), whole(r[2]), str(r[3]), str(r[4]))
+        result = Acquired(str(r[0]), whole(r[1]), whole(r[2]), str(r[3]), str(r[4]),
+                          whole(r[5]))
         if result.status == "replica":
             # a replica with replica-read-only no would take the claim, and the
             # primary would never see it: two servers could both win the fire
@@ -420,6 +615,7 @@ class Lease:
                 "redis+sentinel://)")
         if result.won:
             self.fence = result.fence
+            self.attempt = result.attempt
         return result
 
     def renew(self) -> Renewed:
@@ -436,11 +632,27 @@ class Lease:
             return Renewed(True, whole(r[1]), cancel_by=str(r[2]))
         return Renewed(r[0] == "ok", whole(r[1]), str(r[2]))
 
-    def record_miss(self, retention_ms: int, late_ms: int) -> bool:
-        """Note a scheduled fire skipped as too late; False if the fire already has a record."""
+    def record_miss(self, retention_ms: int, late_ms: int) -> Missed:
+        """Note a scheduled fire skipped as too late, or end a retry that came too late."""
         r = self.client.call_retrying(
             MISS.source, *self._bind(MISS, retention_ms=retention_ms, late_ms=late_ms))
-        return bool(r[0] == 1)
+        code = whole(r[0])
+        exit_text = str(r[2])
+        return Missed(recorded=code == 1, retry_ended=code == 2, host=str(r[1]),
+                      exit_code=int(exit_text) if exit_text.lstrip("-").isdigit() else None,
+                      outcome=str(r[3]), attempts=whole(r[4]))
+
+    def attempt_ended(self, exit_code: int, outcome: str, retry_ms: int) -> None:
+        """--retry-local: this attempt failed and the next is due in *retry_ms* (one try)."""
+        self.client.call(ATTEMPT.source, *self._bind(
+            ATTEMPT, phase="end", attempt=self.attempt, exit=int(exit_code), outcome=outcome,
+            retry_ms=retry_ms))
+
+    def attempt_started(self) -> None:
+        """--retry-local: the next attempt starts under the same claim (one try)."""
+        self.attempt += 1
+        self.client.call(ATTEMPT.source, *self._bind(
+            ATTEMPT, phase="start", attempt=self.attempt, exit=0, outcome="", retry_ms=0))
 
     def record_slow(self, elapsed_ms: int) -> None:
         """Note in the history that the run passed --warn-after (one attempt)."""
@@ -455,14 +667,17 @@ class Lease:
         r = self.client.call_retrying(ABANDON.source, *self._bind(ABANDON, reason=reason))
         return bool(r[0] == 1)
 
-    def release(self, retention_ms: int, exit_code: int, outcome: str) -> bool:
-        """Record the end of the fire; False when the claim was no longer ours.
+    def release(self, retention_ms: int, exit_code: int, outcome: str, retry_ms: int = 0,
+                prefer_ms: int = 0, left_ms: int = -1) -> Released:
+        """Record the end of the fire, or a retry ticket when *retry_ms* is not 0; not ok
+        when the claim was no longer ours.
 
         With Sentinel the record must also stay where the next server looks;
         when lockrun cannot be sure of that it raises PossibleDuplicate.
         """
         keys, args = self._bind(RELEASE, retention_ms=retention_ms, exit=int(exit_code),
-                                outcome=outcome)
+                                outcome=outcome, retry_ms=retry_ms, prefer_ms=prefer_ms,
+                                left_ms=left_ms)
         if self.client.follows_sentinel:
             return self._release_confirmed(keys, args)
         r = self.client.call_retrying(RELEASE.source, keys, args)
@@ -470,9 +685,9 @@ class Lease:
             raise RedisUnavailable(
                 f"Redis at {redact(self.client.url)} answered as a replica: cannot record "
                 "the end there")
-        return bool(r[0] == "ok")
+        return _released(r)
 
-    def _release_confirmed(self, keys: list[str], args: list[str | int]) -> bool:
+    def _release_confirmed(self, keys: list[str], args: list[str | int]) -> Released:
         """Write the done record on the primary the sentinels name, then check that it stays.
 
         Confirmed means: the script found our claim on a server that says it
@@ -490,6 +705,7 @@ class Lease:
         # sentinels get that long to notice a promotion the WAIT has revealed
         wait_ms = max(1, int(self.client.timeout * 800))
         written: list[str] = []
+        first = Released(False)  # the first write's reply: what this end recorded
         doubt = ""  # why the record may not stay, other than replicas short
         short, short_text = 0, ""  # expected replicas without the record
         targets: list[tuple[str, int] | None] = [None]  # None: the one the sentinels name
@@ -506,11 +722,13 @@ class Lease:
                         doubt = f"{where} turned replica before the end was recorded there"
                         targets = [None]
                         continue
-                    if r[0] != "ok":
+                    if r[0] not in ("ok", "retry"):
                         if not written:
-                            return False
+                            return Released(False)
                         doubt = f"the claim was no longer on {where}"
                         break
+                    if not written:
+                        first = _released(r)
                     written.append(where)
                     if target is not None:  # a silent replica that is a primary: covered
                         short -= 1
@@ -543,7 +761,7 @@ class Lease:
             doubt = short_text
         if doubt:
             self._say_possible_duplicate(doubt, written)
-        return True
+        return first
 
     def _say_possible_duplicate(self, doubt: str, written: list[str]) -> None:
         """History first (best effort, on the primary of the moment), then the one stderr line."""
@@ -557,6 +775,31 @@ class Lease:
             f"possible duplicate run of {self.key} fire {self.fire}: its end was recorded on "
             f"{', '.join(written)}, but {doubt} (a failover under way?); a "
             "server that tries this fire after its claim expires may run it again")
+
+
+def _released(reply: list[object]) -> Released:
+    """RELEASE's reply: {'ok'|'retry'|'lost', now_ms, failures before, due_ms}."""
+    status = str(reply[0])
+    return Released(status in ("ok", "retry"), whole(reply[2]),
+                    whole(reply[3]) if status == "retry" else 0)
+
+
+class Missed:
+    """What recording a fire as too late did."""
+
+    __slots__ = ("attempts", "exit_code", "host", "outcome", "recorded", "retry_ended")
+
+    def __init__(self, *, recorded: bool, retry_ended: bool, host: str, exit_code: int | None,
+                 outcome: str, attempts: int) -> None:
+        self.recorded: Final = recorded
+        """This server wrote the fire's 'ran nowhere' record (the first to come too late)."""
+        self.retry_ended: Final = retry_ended
+        """The fire waited for a retry that no server started within the grace: this server
+        ended it with its last attempt's failure (the rest of the fields)."""
+        self.host: Final = host
+        self.exit_code: Final = exit_code
+        self.outcome: Final = outcome
+        self.attempts: Final = attempts
 
 
 RELEASE_STEPS = 6

@@ -114,8 +114,13 @@ def _run(cfg: Config, out: Reporter) -> int:
             if isinstance(replaced, int):
                 return replaced
             acq, claimed_at = replaced
-        if not acq.won:
+        if acq.status == "exhausted":  # this claim found the last attempt crashed
+            out.error(f"fire {cfg.fire} of {cfg.key} failed: attempt {acq.attempt} on "
+                      f"{acq.holder_host} crashed (its lease expired without an end) and was "
+                      "the last allowed by --retries")
+        elif not acq.won:
             out.info(_skip_reason(cfg, acq))
+        if not acq.won:
             hooks.skipped()
             return cfg.skip_exit_code
         out.info(f"acquired {cfg.key} fire {cfg.fire} (fence {acq.fence})")
@@ -270,7 +275,9 @@ def _hooks(cfg: Config, out: Reporter) -> Hooks | NoHooks:
 
 def _lease(cfg: Config, client: LockClient, guard: bool) -> Lease:
     return Lease(client, key=cfg.key, fire=cfg.fire, ttl_ms=cfg.ttl_ms, guard=guard,
-                 owner=new_owner(), host=host_name(), prefix=cfg.key_prefix)
+                 owner=new_owner(), host=host_name(), prefix=cfg.key_prefix,
+                 attempts=cfg.retries + 1, retry_delay_ms=int(cfg.retry_delay * 1000),
+                 elsewhere=not (cfg.retry_anywhere or cfg.retry_local))
 
 
 def _too_late(cfg: Config, out: Reporter, slot: Slot, client: LockClient,
@@ -286,10 +293,15 @@ def _too_late(cfg: Config, out: Reporter, slot: Slot, client: LockClient,
              f"time, --grace {cfg.grace:g}s)")
     lease = _lease(cfg, client, guard=False)
     try:
-        if lease.record_miss(cfg.retention_ms(time.time()), round(late * 1000)):
+        missed = lease.record_miss(cfg.retention_ms(time.time()), round(late * 1000))
+        if missed.recorded:
             out.error(f"fire {cfg.fire} of {cfg.key} ran nowhere: no server started it "
                       f"within --grace {cfg.grace:g}s (this one came {late:.0f}s after the "
                       "scheduled time)")
+        elif missed.retry_ended:
+            out.error(f"fire {cfg.fire} of {cfg.key} failed: no server started its retry "
+                      f"within --grace {cfg.grace:g}s (attempt {missed.attempts} on "
+                      f"{missed.host} ended {_ended(missed.outcome, missed.exit_code)})")
     except RedisUnavailable as exc:
         hooks.redis_unusable()
         line = outage_line(state, state.redis_failed(missed=(cfg.key, cfg.fire)),
@@ -375,8 +387,20 @@ def _check_clock(cfg: Config, out: Reporter, skew: float, round_trip: float) -> 
                     f"(--max-skew {cfg.max_skew:g}s): fix NTP on {host_name()}")
 
 
+def _ended(outcome: str, exit_code: int | None) -> str:
+    if outcome == "exited":
+        return f"with exit status {exit_code}"
+    return outcome if exit_code is None else f"{outcome}, exit status {exit_code}"
+
+
 def _skip_reason(cfg: Config, acq: Acquired) -> str:
     where = f"{cfg.key} fire {cfg.fire}"
+    if acq.status == "retry-wait":
+        return (f"skipped {where}: attempt {acq.attempt} failed on {acq.holder_host}; its "
+                f"retry is due at {_clock(acq.holder_detail)}")
+    if acq.status == "retry-elsewhere":
+        return (f"skipped {where}: it failed here; its retry is left to another server "
+                f"until {_clock(acq.holder_detail)} (--retry-anywhere to take it at once)")
     if acq.status == "paused":
         why = f": {acq.holder_detail}" if acq.holder_detail else ""
         return f"skipped {where}: paused by {acq.holder_host}{why}"
@@ -386,6 +410,13 @@ def _skip_reason(cfg: Config, acq: Acquired) -> str:
         return (f"skipped {where}: fire {acq.holder_detail} is still running on "
                 f"{acq.holder_host} (fence {acq.fence})")
     return f"skipped {where}: held by {acq.holder_host} (fence {acq.fence})"
+
+
+def _clock(ms: str) -> str:
+    """A Redis time in ms as UTC, to the second (the skip lines' times)."""
+    if not ms.isdigit():
+        return "?"
+    return time.strftime("%H:%M:%SZ", time.gmtime(int(ms) / 1000))
 
 
 def _redis_down(cfg: Config, out: Reporter, exc: RedisUnavailable, program: str,

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from lockrun.config import Config
     from lockrun.output import Reporter
-    from lockrun.protocol import Lease
+    from lockrun.protocol import Lease, Released
     from lockrun.signals import SignalInbox
     from lockrun.state import HostState
 
@@ -52,26 +52,40 @@ def give_back(lease: Lease, cfg: Config, out: Reporter, reason: str) -> None:
 
 
 def release(lease: Lease, cfg: Config, out: Reporter, code: int, outcome: str,
-             state: HostState) -> None:
+            state: HostState, retry_ms: int = 0, prefer_ms: int = 0,
+            left_ms: int = -1) -> Released | None:
+    """Record the end (or the retry ticket); None when Redis could not say what it recorded."""
     try:
-        if not lease.release(cfg.retention_ms(time.time()), code, outcome):
-            out.error(f"lease on {cfg.key} fire {cfg.fire} was lost before the job ended; "
-                      "another server may have run this fire too")
-        else:
-            state.redis_ok()
+        released = lease.release(cfg.retention_ms(time.time()), code, outcome, retry_ms,
+                                 prefer_ms, left_ms)
     except PossibleDuplicate as exc:  # recorded, but maybe not where the next server looks
         out.error(str(exc))
+        return None
     except RedisUnavailable as exc:
-        say = state.redis_failed(end=kept_end(lease, cfg, code, outcome))
-        if state.kept:
-            text = (f"{exc}; could not record the end of fire {cfg.fire} of {cfg.key} yet: "
-                    f"kept in {state.directory} until Redis answers again")
-        else:
-            text = (f"{exc}; could not record the end of fire {cfg.fire} of {cfg.key}: "
-                    f"its claim expires within {cfg.ttl:g}s")
-        line = outage_line(state, say, text)
-        if line:
-            out.error(line)
+        _end_not_recorded(lease, cfg, out, code, outcome, state, exc)
+        return None
+    if not released.ok:
+        out.error(f"lease on {cfg.key} fire {cfg.fire} was lost before the job ended; "
+                  "another server may have run this fire too")
+    else:
+        state.redis_ok()
+    return released
+
+
+def _end_not_recorded(lease: Lease, cfg: Config, out: Reporter, code: int, outcome: str,
+                      state: HostState, exc: RedisUnavailable) -> None:
+    """Keep the end for the next lockrun that reaches Redis (a retry ticket is not kept:
+    the fire ends as this attempt did), and say so once per outage."""
+    say = state.redis_failed(end=kept_end(lease, cfg, code, outcome))
+    if state.kept:
+        text = (f"{exc}; could not record the end of fire {cfg.fire} of {cfg.key} yet: "
+                f"kept in {state.directory} until Redis answers again")
+    else:
+        text = (f"{exc}; could not record the end of fire {cfg.fire} of {cfg.key}: "
+                f"its claim expires within {cfg.ttl:g}s")
+    line = outage_line(state, say, text)
+    if line:
+        out.error(line)
 
 
 def kept_end(lease: Lease, cfg: Config, code: int, outcome: str) -> KeptEnd:
@@ -106,6 +120,9 @@ class Supervisor:
         """--warn-after has been said (once per run)."""
         self.cancelled_by = ""
         """Who asked for the job to stop (lockrun cancel, or a fire that replaces it)."""
+        self.stopped = False
+        """A stop signal was forwarded: the job was told to end, so no retry follows."""
+        self.attempts_run = 0
 
     def run(self, program: str, env: dict[str, str]) -> int:
         cfg = self.cfg
@@ -119,21 +136,73 @@ class Supervisor:
 
     def _run(self, program: str, env: dict[str, str], kept: _Kept | None) -> int:
         cfg = self.cfg
+        code = self._attempt(program, env, kept)
+        while self._retry_here(code):
+            code = self._attempt(program, env, kept)
+        outcome = ("timeout" if self.timed_out else "cancelled" if self.cancelled_by
+                   else "exited")
+        released = None
+        if self.lease is not None and self.lost:
+            self._record_lost_end(code)
+        elif self.lease is not None:
+            released = self._release(code, outcome)
+        if kept is not None and code != 0:
+            kept.show()  # before lockrun's own line, as the job printed it
+        if cfg.mail_on_failure and code != 0 and not self.timed_out:  # a timeout said so
+            # cron mails output only: a job that fails silently would go unnoticed
+            self.out.error(f"{cfg.key} fire {cfg.fire} failed on {host_name()} with "
+                           f"exit status {code}")
+        if released is not None and released.retry_due_ms:
+            due = time.strftime("%H:%M:%SZ", time.gmtime(released.retry_due_ms / 1000))
+            self.out.info(f"{cfg.key} fire {cfg.fire} attempt {self.lease_attempt()} failed; "
+                          f"a later tick of any server may retry it from {due}")
+        self.hooks.finished(code)
+        return code
+
+    def lease_attempt(self) -> int:
+        return self.lease.attempt if self.lease is not None else 1
+
+    def _release(self, code: int, outcome: str) -> Released | None:
+        """The end, or a retry ticket other servers may claim (--retries, not local)."""
+        assert self.lease is not None
+        cfg = self.cfg
+        retry_ms = prefer_ms = 0
+        left_ms = -1
+        if (cfg.retries and not cfg.retry_local and self.lease.attempt <= cfg.retries
+                and outcome != "cancelled" and cfg.retries_code(code)):
+            retry_ms = int(cfg.retry_wait(self.lease.attempt) * 1000)
+            prefer_ms = 0 if cfg.retry_anywhere else retry_ms
+            deadline = cfg.retry_deadline()
+            if deadline is not None:
+                left_ms = max(0, int((deadline - time.time()) * 1000))
+        return release(self.lease, cfg, self.out, code, outcome, self.state, retry_ms,
+                       prefer_ms, left_ms)
+
+    def _attempt(self, program: str, env: dict[str, str], kept: _Kept | None) -> int:
+        """Run the job once, to the end of its whole tree; its exit status as lockrun's."""
+        cfg = self.cfg
+        self.timed_out = self.warned = self.cleaning = False
+        self.kill_at = None
         try:
             child = Child(cfg.command, program, env, kept.fds if kept is not None else None)
         except LockrunError as exc:
+            if self.attempts_run:  # an earlier attempt ran: this one failed to start
+                self.out.error(f"{cfg.key} fire {cfg.fire}: {exc}")
+                return ExitCode.NOT_EXECUTABLE
             # Nothing ran: give the fire back so a server that can run it does
             # (a missing interpreter on this host only, say), instead of
             # recording it done.
             if self.lease is not None:
                 give_back(self.lease, cfg, self.out, f"cannot execute the command: {exc}")
             raise
+        self.attempts_run += 1
         if child.unprotected:
             self.out.warning(f"{cfg.key}: " + "; ".join(child.unprotected))
-        # After the spawn: the start ping and the metrics write may be slow, and
-        # must never hold the job back while its lease ticks.
-        self.hooks.started(self.lease.owner if self.lease else "")
-        long_lived()
+        if self.attempts_run == 1:
+            # After the spawn: the start ping and the metrics write may be slow, and
+            # must never hold the job back while its lease ticks.
+            self.hooks.started(self.lease.owner if self.lease else "")
+            long_lived()
         started = time.monotonic()
         timeout_at = started + cfg.timeout if cfg.timeout is not None else None
         warn_at = started + cfg.warn_after if cfg.warn_after is not None else None
@@ -143,6 +212,7 @@ class Supervisor:
                 if sig != signal.SIGCHLD:
                     child.forward(sig)
                     if sig in STOP_SIGNALS:  # as timeout(1): a stopped job must see it
+                        self.stopped = True
                         child.forward(signal.SIGCONT)
             now = time.monotonic()
             if status is not None:
@@ -170,20 +240,45 @@ class Supervisor:
         code = ExitCode.TIMEOUT if self.timed_out else from_wait_status(child.status or 0)
         if self.cancelled_by and not self.timed_out:
             code = ExitCode.CANCELLED  # whatever the job's own answer to SIGTERM was
-        if self.lease is not None and self.lost:
-            self._record_lost_end(int(code))
-        elif self.lease is not None:
-            outcome = ("timeout" if self.timed_out else "cancelled" if self.cancelled_by
-                       else "exited")
-            release(self.lease, cfg, self.out, int(code), outcome, self.state)
-        if kept is not None and code != 0:
-            kept.show()  # before lockrun's own line, as the job printed it
-        if cfg.mail_on_failure and code != 0 and not self.timed_out:  # a timeout said so
-            # cron mails output only: a job that fails silently would go unnoticed
-            self.out.error(f"{cfg.key} fire {cfg.fire} failed on {host_name()} with "
-                           f"exit status {int(code)}")
-        self.hooks.finished(int(code))
         return int(code)
+
+    def _retry_here(self, code: int) -> bool:
+        """--retry-local: after a failed attempt, wait the delay holding the lease, then say
+        whether to run again (not after a stop signal, a cancel, a lost lease, or past the
+        grace)."""
+        cfg, lease = self.cfg, self.lease
+        if (not cfg.retry_local or lease is None or self.lost or self.cancelled_by
+                or self.stopped or lease.attempt > cfg.retries or not cfg.retries_code(code)):
+            return False
+        wait = cfg.retry_wait(lease.attempt)
+        deadline = cfg.retry_deadline()
+        if deadline is not None and time.time() + wait > deadline:
+            return False
+        outcome = "timeout" if self.timed_out else "exited"
+        try:
+            lease.attempt_ended(code, outcome, int(wait * 1000))
+        except RedisUnavailable:
+            pass  # the renewals below say what Redis's trouble is; this is a note
+        self.out.info(f"{cfg.key} fire {cfg.fire} attempt {lease.attempt} failed with exit "
+                      f"status {code}; retrying here in {wait:g}s")
+        until = time.monotonic() + wait
+        while time.monotonic() < until:
+            for sig in self.inbox.take():
+                if sig in STOP_SIGNALS:
+                    self.stopped = True
+            if self.stopped:
+                return False
+            self._keep_lease(None)
+            if self.lost or self.cancelled_by:
+                return False
+            self.inbox.wait(max(0.0, min(until, self.next_renew, self.lease_deadline)
+                                - time.monotonic()))
+        try:
+            lease.attempt_started()
+        except RedisUnavailable:
+            pass  # counted here all the same; only the history misses this start
+        self.timed_out = False
+        return True
 
     def _record_lost_end(self, code: int) -> None:
         assert self.lease is not None
@@ -197,7 +292,8 @@ class Supervisor:
         child.signal_tree(signal.SIGCONT)  # a stopped job must wake to see SIGTERM
         self.kill_at = now + self.cfg.kill_after
 
-    def _keep_lease(self, child: Child) -> None:
+    def _keep_lease(self, child: Child | None) -> None:
+        """Renew when due; *child* is None between two --retry-local attempts."""
         assert self.lease is not None
         now = time.monotonic()
         if now >= self.next_renew:
@@ -243,19 +339,21 @@ class Supervisor:
                 pass  # the renewals say what Redis's trouble is; this is only a note
         self.hooks.slow()
 
-    def _cancel(self, child: Child, by: str) -> None:
+    def _cancel(self, child: Child | None, by: str) -> None:
         """Stop the job as --on-lost kill would: the lease stays ours until it ends, so the
         end is recorded (as 'cancelled') and nothing else starts meanwhile."""
         self.cancelled_by = by
         self.out.warning(f"{self.cfg.key} fire {self.cfg.fire} cancelled by {by}; stopping "
                          "the job")
-        if child.status is None:
+        if child is not None and child.status is None:
             self._stop(child, time.monotonic())
 
-    def _lose(self, child: Child, reason: str) -> None:
+    def _lose(self, child: Child | None, reason: str) -> None:
         self.lost = True
         where = f"lost the lease on {self.cfg.key} fire {self.cfg.fire} ({reason})"
-        if self.cfg.on_lost == "kill" and child.status is None:
+        if child is None:
+            self.out.error(f"{where}; not retrying it")
+        elif self.cfg.on_lost == "kill" and child.status is None:
             self.out.error(f"{where}; stopping the job (--on-lost kill)")
             self._stop(child, time.monotonic())
         else:
