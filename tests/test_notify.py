@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import RedisServer, lockrun_env, pid_alive, run_lockrun, wait_for
+from redis_topologies import wait_until
 from test_bad_input import Case, run_case
 
 from lockrun.errors import UsageError
@@ -52,6 +53,10 @@ class Recorded:
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
         self.status = 200
+        self.hold_until: Path | None = None
+        """Answer only once this file exists (or after 3s): the request waits on it."""
+        self.held: list[bool] = []
+        """For each held request: whether the file appeared."""
 
 
 @contextmanager
@@ -63,6 +68,9 @@ def http_server() -> Iterator[tuple[str, Recorded]]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             rec.requests.append((self.command, self.path, dict(self.headers), body))
+            hold = rec.hold_until
+            if hold is not None:
+                rec.held.append(wait_until(hold.exists, 3.0))
             self.send_response(rec.status)
             self.send_header("Content-Length", "2")
             self.end_headers()
@@ -301,18 +309,22 @@ def test_a_long_stderr_line_is_shortened() -> None:
 
 
 def test_url_and_command_run_at_once(tmp_path: Path) -> None:
-    """A slow command does not delay the POST: both are under way together."""
+    """The POST is under way while the command runs, and the reverse: neither waits for
+    the other (the endpoint answers only once the command has started, and the command
+    ends only once the POST has arrived)."""
     with http_server() as (base, rec):
+        rec.hold_until = tmp_path / "started"
         cmd = f"touch {tmp_path}/started; while [ ! -e {tmp_path}/go ]; do sleep 0.05; done"
 
         def release() -> None:
-            wait_for(lambda: rec.requests, what="the POST while the command runs")
-            (tmp_path / "go").touch()
+            if wait_until(lambda: rec.requests, 5.0):
+                (tmp_path / "go").touch()
 
         releaser = threading.Thread(target=release)
         releaser.start()
-        warning = deliver(note(), url=base, cmd=cmd, env={"PATH": os.environ["PATH"]})
+        warning, _ = timed(note=note(), url=base, cmd=cmd, env={"PATH": os.environ["PATH"]})
         releaser.join()
+    assert rec.held == [True]
     assert warning is None and len(rec.requests) == 1
 
 
