@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # neither is needed unless --schedule or TLS is used
     Overlap: TypeAlias = Literal["skip", "allow", "replace"]
     OnRedisError: TypeAlias = Literal["fail", "skip", "run"]
     OnLost: TypeAlias = Literal["warn", "kill"]
+    NotifyFormat: TypeAlias = Literal["json", "slack"]
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
@@ -40,6 +41,10 @@ class Config:
         'mail_on_failure',
         'max_skew',
         'metrics_dir',
+        'notify_cmd',
+        'notify_format',
+        'notify_on',
+        'notify_url',
         'on_lost',
         'on_redis_error',
         'overlap',
@@ -94,6 +99,10 @@ class Config:
         max_skew: float = 2.0,
         ping_url: str | None = None,
         metrics_dir: str | None = None,
+        notify_url: str | None = None,
+        notify_format: NotifyFormat = "json",
+        notify_cmd: str | None = None,
+        notify_on: str = "failure,recovery",
         tls: TlsFiles | None = None,
         wait_replicas: int = 0,
         wait_timeout: float = 1.0,
@@ -133,6 +142,13 @@ class Config:
         self.max_skew: Final = max_skew
         self.ping_url: Final = ping_url
         self.metrics_dir: Final = metrics_dir
+        self.notify_url: Final = notify_url
+        """A webhook's path is its secret: never shown (see __repr__, lockrun.notify)."""
+        self.notify_format: Final = notify_format
+        self.notify_cmd: Final = notify_cmd
+        """May hold a token: never shown either."""
+        self.notify_on: Final = notify_on
+        """Normalised by lockrun.optiontable.notify_events; lockrun.notify.wanted reads it."""
         self.tls: Final = tls
         self.wait_replicas: Final = wait_replicas
         self.wait_timeout: Final = wait_timeout
@@ -174,7 +190,7 @@ class Config:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        shown = {n: ("***" if n == "redis_password" and v else v)
+        shown = {n: ("***" if n in _SECRET_FIELDS and v else v)
                  for n, v in self.values().items()}
         return "Config(" + ", ".join(f"{n}={v!r}" for n, v in shown.items()) + ")"
 
@@ -219,6 +235,10 @@ def code_ranges(text: str) -> list[tuple[int, int]]:
         ranges.append((int(low), int(high or low)))
     return ranges
 
+
+_SECRET_FIELDS = ("redis_password", "notify_url", "notify_cmd")
+"""Fields a repr must not show: a password, a webhook (its path is the secret), a command
+line that may carry a token."""
 
 RENEWALS_PER_TTL = 3
 """The lease is renewed every ttl/3: a renewal that times out still leaves time to retry."""

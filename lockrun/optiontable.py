@@ -101,9 +101,43 @@ def name(value: str) -> str:
 
 def http_url(value: str) -> str:
     """An http(s) URL with a host: a ping that can never arrive must not pass for one."""
-    from urllib.parse import urlsplit
-
     from lockrun.output import redact_url
+
+    problem = _http_url_problem(value)
+    if problem:
+        raise UsageError(f"{shown(redact_url(value), 80)} {problem}")
+    return value
+
+
+def secret_http_url(value: str) -> str:
+    """http_url for a URL whose path is a secret (a Slack webhook's is): the message shows
+    only its scheme and host, as every later message about it does."""
+    problem = _http_url_problem(value)
+    if problem:
+        raise UsageError(f"{shown(hide_url_path(value), 80)} {problem}")
+    return value
+
+
+def hide_url_path(url: str) -> str:
+    """SCHEME://HOST/...: no user name, password, path, query or fragment.
+
+    A webhook's path or query is its credential, and a notify URL may carry a
+    user and password too, so a message names only where it goes.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "(url)"
+    host = rest
+    for end in "/?#":
+        host = host.split(end, 1)[0]
+    if "@" in rest[len(host):]:  # a password with a '/' in it: where the host is, is unclear
+        return f"{scheme}://***/..."
+    return f"{scheme}://{host.rpartition('@')[2]}/..."
+
+
+def _http_url_problem(value: str) -> str:
+    """What is wrong with *value* as an http(s) URL, in words that do not repeat it."""
+    from urllib.parse import urlsplit
 
     problem = ""
     if any(c <= " " or c == "\x7f" for c in value):
@@ -119,8 +153,41 @@ def http_url(value: str) -> str:
                 problem = "must be an http:// or https:// URL"
             elif not parts.hostname:
                 problem = "has no host"
-    if problem:
-        raise UsageError(f"{shown(redact_url(value), 80)} {problem}")
+    return problem
+
+
+NOTIFY_EVENTS = ("failure", "timeout", "lost", "retries-exhausted", "recovery", "ran-nowhere",
+                 "retry", "success")
+"""The words of --notify-on; kept here, not in lockrun.notify, so checking the option on
+every fire costs no import of the sender."""
+FINAL_FAILURES = ("timeout", "lost", "retries-exhausted")
+"""The events --notify-on failure also selects: every way a fire can end failed."""
+
+
+def notify_events(value: str) -> str:
+    """--notify-on: known words, comma-separated, normalised to "a,b" (no spaces, no repeats).
+
+    Checked on every fire, before Redis, so a typo is a usage error on the first fire
+    rather than a notification that silently never comes.
+    """
+    words: list[str] = []
+    for word in value.split(","):
+        word = word.strip()
+        if word not in NOTIFY_EVENTS:
+            said = f"unknown event {shown(word)}" if word else "an empty event"
+            raise UsageError(f"{said}: give a comma-separated list of {', '.join(NOTIFY_EVENTS)}")
+        if word not in words:
+            words.append(word)
+    return ",".join(words)
+
+
+def shell_command(value: str) -> str:
+    """--notify-cmd: a /bin/sh -c line. The message never repeats it: it may hold a token."""
+    if not value.strip():
+        raise UsageError("is empty: give a command for /bin/sh -c")
+    if any((c < " " and c != "\t") or c == "\x7f" for c in value):
+        raise UsageError("contains a control character (a newline or NUL included): give "
+                         "one line for /bin/sh -c")
     return value
 
 
@@ -363,6 +430,15 @@ WRAPPER: tuple[Option, ...] = (
           "few replicas acknowledge it."),
     _string("ping_url", "URL", "Healthchecks-style pings from the server that runs the fire: "
             "URL/start, then URL on success or URL/<exit code> on failure.", http_url),
+    _string("notify_url", "URL", "On the events of --notify-on, POST a JSON document (or a "
+            "Slack message) here, from the server that ran the attempt.", secret_http_url),
+    _choice("notify_format", ("json", "slack"), "Body of --notify-url: json (every field) or "
+            "slack (an incoming webhook's {\"text\": ...}).  [default: json]"),
+    _string("notify_cmd", "CMD", "On the events of --notify-on, run CMD with /bin/sh -c, the "
+            "JSON document on stdin and LOCKRUN_EVENT, LOCKRUN_EXIT... set.", shell_command),
+    _string("notify_on", "EVENTS", "Comma-separated events to notify: failure (every final "
+            "failure), timeout, lost, retries-exhausted, recovery, ran-nowhere, retry, success.  "
+            "[default: failure,recovery]", notify_events),
     _string("metrics_dir", "DIR", "Write a Prometheus textfile (lockrun_<key>.prom) here on "
             "every fire.", writable_dir),
     _string("state_dir", "DIR", "Where this user's lockrun state lives on this server "

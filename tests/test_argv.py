@@ -150,6 +150,12 @@ class Values:
             "tz": lambda: self.rng.choice(["UTC", "Asia/Kolkata", "America/St_Johns"]),
             "ping_url": lambda: self.rng.choice(["https://hc.example/ping/abc",
                                                  "http://10.0.0.1:8000/p"]),
+            "notify_url": lambda: self.rng.choice(["https://hooks.example/services/T0/B0/x",
+                                                   "http://10.0.0.1:8000/alert"]),
+            "notify_cmd": lambda: self.rng.choice(["mail -s \"$LOCKRUN_SUMMARY\" ops",
+                                                   "/usr/local/bin/page-oncall"]),
+            "notify_on": lambda: self.rng.choice(["failure", "retries-exhausted,recovery",
+                                                  "failure, ran-nowhere,success"]),
             "metrics_dir": lambda: str(self.tmp),
             "state_dir": lambda: self.rng.choice(["", "/tmp/lockrun-test-never-created"]),
             "retry_on": lambda: self.rng.choice(["1", "75-78", "1,2,124", "3-3,255"]),
@@ -489,7 +495,7 @@ def test_each_kind_converts_to_its_config_fields_type() -> None:
     assert annotations["timeout"] == "float | None"
     source = (Path(__file__).resolve().parent.parent / "lockrun" / "config.py").read_text()
     literals = dict(re.findall(r"^    (\w+): TypeAlias = Literal\[(.*)\]$", source, re.M))
-    assert set(literals) == {"Overlap", "OnRedisError", "OnLost"}
+    assert set(literals) == {"Overlap", "OnRedisError", "OnLost", "NotifyFormat"}
     for name in CONFIG_FIELDS:
         option = BY_NAME[name]
         if option.kind == "choice":  # a Literal of exactly the table's words

@@ -273,6 +273,8 @@ LEGITIMATE: dict[str, set[str]] = {
     "state_dir": {""},  # no state kept: a legitimate choice, not a typo
     # pause --reason is free text on one line: only control characters are refused
     "reason": {"", "-1", "nan", "inf", "-inf", NINES, "1e16", "\u0663"},
+    # --notify-cmd is a /bin/sh -c line: empty and control characters are refused
+    "notify_cmd": {"-1", "nan", "inf", "-inf", NINES, "1e16", "\u0663"},
 }
 
 
