@@ -29,6 +29,7 @@ class Config:
     """
 
     __slots__ = (
+        'capture',
         'command',
         'error_exit_code',
         'fire',
@@ -96,6 +97,7 @@ class Config:
         quiet_unless_failed: bool = False,
         warn_after: float | None = None,
         state_dir: str | None = None,
+        capture: int = 0,
     ) -> None:
         self.key: Final = key
         self.fire: Final = fire
@@ -132,6 +134,8 @@ class Config:
         """Keep the job's stdout and stderr, and print them only if it fails (chronic)."""
         self.state_dir: Final = state_dir
         """None: the default for this user (lockrun.state.default_dir); '': no state."""
+        self.capture: Final = capture
+        """Bytes of the output's tail to keep with the fire and ping (0: off, no pipes)."""
         _check_timing(self)
 
     @classmethod

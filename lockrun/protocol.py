@@ -300,6 +300,7 @@ def job_keys(key: str, fire: str, prefix: str = "lockrun") -> dict[str, str]:
         "hist": f"{base}:hist",
         "pause": f"{base}:pause",
         "job": f"{base}:job",
+        "out": f"{base}:out:{fire}",
     }
 
 

@@ -247,7 +247,7 @@ class NoHooks:
     def started(self, owner: str) -> None:
         pass
 
-    def finished(self, exit_code: int) -> None:
+    def finished(self, exit_code: int, body: bytes = b"") -> None:
         pass
 
     def slow(self) -> None:

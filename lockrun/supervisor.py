@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import signal
     from typing import Protocol
 
+    from lockrun.capture import Capture
     from lockrun.config import Config
     from lockrun.output import Reporter
     from lockrun.protocol import Lease
@@ -33,11 +34,16 @@ if TYPE_CHECKING:
 
         def started(self, owner: str) -> None: ...
 
-        def finished(self, exit_code: int) -> None: ...
+        def finished(self, exit_code: int, body: bytes = b"") -> None: ...
 
         def slow(self) -> None: ...
 else:
     import _signal as signal  # see lockrun.signals
+
+FINISH_WAIT_MAX = 2.0
+"""--capture: how long the end waits for the output's last bytes (at most ttl/6, so the
+release still comes well within the lease), lest a pipe held open outside the job's tree
+keep the claim waiting."""
 
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT})
 
@@ -110,24 +116,37 @@ class Supervisor:
     def run(self, program: str, env: dict[str, str]) -> int:
         cfg = self.cfg
         kept = _Kept() if cfg.quiet_unless_failed else None
+        capture = None
+        if cfg.capture:  # --capture: pipes in front of where the output went (memfds or 1, 2)
+            from lockrun.capture import Capture
+
+            capture = Capture(cfg.capture, kept.fds if kept is not None else (1, 2))
         try:
-            code = self._run(program, env, kept)
+            code = self._run(program, env, kept, capture)
         finally:
             if kept is not None:
                 kept.close()
+        if capture is not None:
+            capture.drain()  # the lease is released: let a slow stdout take the last bytes
         return code
 
-    def _run(self, program: str, env: dict[str, str], kept: _Kept | None) -> int:
+    def _run(self, program: str, env: dict[str, str], kept: _Kept | None,
+             capture: Capture | None = None) -> int:
         cfg = self.cfg
         try:
-            child = Child(cfg.command, program, env, kept.fds if kept is not None else None)
+            child = Child(cfg.command, program, env, capture.fds if capture is not None
+                          else kept.fds if kept is not None else None)
         except LockrunError as exc:
+            if capture is not None:
+                capture.abandon()
             # Nothing ran: give the fire back so a server that can run it does
             # (a missing interpreter on this host only, say), instead of
             # recording it done.
             if self.lease is not None:
                 give_back(self.lease, cfg, self.out, f"cannot execute the command: {exc}")
             raise
+        if capture is not None:
+            capture.start()
         if child.unprotected:
             self.out.warning(f"{cfg.key}: " + "; ".join(child.unprotected))
         # After the spawn: the start ping and the metrics write may be slow, and
@@ -170,6 +189,9 @@ class Supervisor:
         code = ExitCode.TIMEOUT if self.timed_out else from_wait_status(child.status or 0)
         if self.cancelled_by and not self.timed_out:
             code = ExitCode.CANCELLED  # whatever the job's own answer to SIGTERM was
+        tail = b""
+        if capture is not None:  # kept beside the fire while the claim is still ours
+            tail = self._keep_output(capture, int(code))
         if self.lease is not None and self.lost:
             self._record_lost_end(int(code))
         elif self.lease is not None:
@@ -182,8 +204,19 @@ class Supervisor:
             # cron mails output only: a job that fails silently would go unnoticed
             self.out.error(f"{cfg.key} fire {cfg.fire} failed on {host_name()} with "
                            f"exit status {int(code)}")
-        self.hooks.finished(int(code))
+        self.hooks.finished(int(code), tail)
         return int(code)
+
+    def _keep_output(self, capture: Capture, code: int) -> bytes:
+        """--capture: the tail, stored with the fire before the release (lockrun.capture)."""
+        from lockrun.capture import store
+
+        tail = capture.finish(min(FINISH_WAIT_MAX, self.cfg.ttl / 6))
+        if self.lease is not None and not self.lost:
+            outcome = ("timeout" if self.timed_out else "cancelled" if self.cancelled_by
+                       else "exited")
+            store(self.lease, tail, code, outcome, self.cfg.retention_ms(time.time()))
+        return tail.data
 
     def _record_lost_end(self, code: int) -> None:
         assert self.lease is not None
