@@ -344,3 +344,37 @@ def test_logs_says_why_when_nothing_is_kept(redis_server: RedisServer, key: str)
         assert len(r.stderr.splitlines()) == 1 and b"--capture" in r.stderr
     no_redis = logs(key, url="redis://127.0.0.1:1/0")
     assert no_redis.returncode == 75
+
+
+def test_the_tail_expires_with_the_done_record(redis_server: RedisServer, key: str) -> None:
+    r = lockrun("-k", key, "--fire", "f1", "--retention", "2m", "--capture", "1k", "--",
+                "echo", "hi", url=redis_server.url)
+    assert r.returncode == 0
+    client = redis_server.client()
+    out_ttl = client.pttl(f"lockrun:{{{key}}}:out:f1")
+    fire_ttl = client.pttl(f"lockrun:{{{key}}}:fire:f1")
+    assert 0 < out_ttl <= 120_000 and abs(out_ttl - fire_ttl) < 10_000, (out_ttl, fire_ttl)
+
+
+def test_a_server_whose_claim_is_gone_keeps_no_output(redis_server: RedisServer, key: str,
+                                                     tmp_path: Path) -> None:
+    """The claim is removed while the job runs (an operator's unlock): its output must not
+    be written as the fire's, which another server may be running by now."""
+    go = tmp_path / "go"
+    proc = subprocess.Popen(
+        [str(LOCKRUN), "-k", key, "--fire", "f1", "--capture", "1k", "--", "sh", "-c",
+         f"echo stale; while [ ! -e {go} ]; do sleep 0.05; done"],
+        env=lockrun_env(redis_server.url), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    client = redis_server.client()
+    try:
+        wait_for(lambda: client.hget(f"lockrun:{{{key}}}:fire:f1", "state") == "running", 30,
+                 "the claim")
+        unlock = lockrun("unlock", key, "--fire", "f1", "--yes", url=redis_server.url)
+        assert unlock.returncode == 0, unlock
+        go.touch()
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    r = logs(key, "--fire", "f1", url=redis_server.url)
+    assert r.returncode == 1, r
