@@ -1,5 +1,5 @@
 """The admin verbs' command line: status, history, unlock, doctor, pause, resume, cancel,
-explain, check.
+explain, check, logs.
 
 Parsing and rendering only; the answers come from lockrun.admin and
 lockrun.doctor. Every verb has --json for scripts and a table for people.
@@ -458,3 +458,70 @@ def check(key: str, schedule: str | None, tz: str | None, grace: float, max_age:
             click.echo(f"lockrun: {problem}", err=True)
     click.echo(json.dumps(result.to_json(), indent=2) if as_json else result.line)
     sys.exit(result.status)
+
+
+@admin.command()
+@click.argument("key")
+@click.option("--fire", metavar="ID", help="The fire whose output to print.")
+@click.option("--last", is_flag=True, help="The last fire whose output was kept (the "
+                                           "default).")
+@click.option("--failed", is_flag=True, help="The last fire with kept output whose attempt "
+                                             "failed.")
+@_connection_options
+def logs(key: str, fire: str | None, last: bool, failed: bool, as_json: bool,
+         **options: Any) -> None:
+    """Print the output tail that --capture kept of a fire of KEY, from any server.
+
+    Each kept attempt comes after a header line (host, exit status, end); the
+    bytes are written as the job wrote them. Exit status: 0; 1 when nothing is
+    kept (no --capture, expired, unknown key); 64 for bad input; 75 when Redis
+    cannot be used.
+    """
+    from lockrun.capture import read_output
+    from lockrun.errors import NoRecord
+    from lockrun.fire import validate_name
+    from lockrun.protocol import job_keys
+
+    validate_name(key, "key")
+    if fire is not None:
+        validate_name(fire, "fire id")
+    if (fire is not None) + last + failed > 1:
+        raise UsageError("give one of --fire, --last and --failed")
+    adm = _admin(options)
+    where = f"in Redis at {adm.client.url} under --key-prefix {adm.prefix!r}"
+    if fire is None:
+        field = "last_failed_output_fire" if failed else "last_output_fire"
+        job = adm.client.hgetall(job_keys(key, "", adm.prefix)["job"])
+        fire = job.get(field)
+        if not fire:
+            what = "of a failed attempt " if failed else ""
+            raise NoRecord(f"no output {what}of {key} is kept {where}: it is kept only for "
+                           "runs with --capture SIZE, for the --retention")
+    attempts = read_output(adm.client, key, fire, adm.prefix)
+    if not attempts:
+        raise NoRecord(f"no output of {key} fire {fire} is kept {where}: it ran without "
+                       "--capture, its record expired (--retention), or it never ran")
+    if as_json:
+        click.echo(json.dumps([_attempt_json(key, fire, a) for a in attempts], indent=2))
+        return
+    stdout = sys.stdout.buffer
+    for index, a in enumerate(attempts):
+        exit_text = "exit -" if a.exit is None else f"exit {a.exit}"
+        header = (f"== {key} fire {fire} attempt {a.number} on {a.host or '?'}: {exit_text} "
+                  f"({a.outcome or '?'}), ended {_when(a.end_ms)}")
+        if a.dropped:
+            header += f"; {a.dropped} earlier bytes not kept"
+        stdout.write(header.encode() + b"\n" + a.output)
+        if index + 1 < len(attempts) and a.output and not a.output.endswith(b"\n"):
+            stdout.write(b"\n")  # the next header on a line of its own
+    stdout.flush()
+
+
+def _attempt_json(key: str, fire: str, a: Any) -> dict[str, Any]:
+    """One attempt for scripts: the output as text when it is UTF-8, else base64."""
+    from lockrun.capture import encode
+
+    text, encoding = encode(a.output)
+    return {"key": key, "fire": fire, "attempt": a.number, "host": a.host, "exit": a.exit,
+            "outcome": a.outcome, "end_ms": a.end_ms, "dropped": a.dropped,
+            "output": text, "encoding": encoding}

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 ADMIN_VERBS = ("status", "history", "unlock", "doctor", "pause", "resume", "cancel",
-               "explain", "check")
+               "explain", "check", "logs")
 
 
 def is_admin(args: list[str]) -> bool:

@@ -30,6 +30,7 @@ class Config:
     """
 
     __slots__ = (
+        'capture',
         'command',
         'error_exit_code',
         'fire',
@@ -117,6 +118,7 @@ class Config:
         retry_anywhere: bool = False,
         retry_local: bool = False,
         state_dir: str | None = None,
+        capture: int = 0,
     ) -> None:
         self.key: Final = key
         self.fire: Final = fire
@@ -170,6 +172,8 @@ class Config:
         self.retry_local: Final = retry_local
         self.state_dir: Final = state_dir
         """None: the default for this user (lockrun.state.default_dir); '': no state."""
+        self.capture: Final = capture
+        """Bytes of the output's tail to keep with the fire and ping (0: off, no pipes)."""
         _check_timing(self)
 
     @classmethod

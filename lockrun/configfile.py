@@ -99,7 +99,7 @@ def load(allowed: Mapping[str, str]) -> FileSettings:
     """Read and check the file; any problem is a usage error naming the file and line.
 
     *allowed* maps each option name to its kind in lockrun.optiontable
-    (duration, whole, choice, flag, string), so a value's TOML type is checked
+    (duration, whole, choice, flag, string, size), so a value's TOML type is checked
     against what the option takes: click would turn 3.7 into 3 and 1e16 into a
     duration. Kinds, not click parameters: a fire reads the file without click.
     """
@@ -141,12 +141,14 @@ def load(allowed: Mapping[str, str]) -> FileSettings:
 _BOOLEAN = "true or false"
 _INTEGER = "a whole number (for example 3)"
 _DURATION = 'a duration string such as "90s" or a whole number of seconds'
+_SIZE = 'a size string such as "64k" or a whole number of bytes'
 _STRING = "a string in double quotes"
 
 
 def _expected_type(kind: str | None) -> str:
     """None: a setting that is no option (redis_password), a string."""
-    return {"flag": _BOOLEAN, "whole": _INTEGER, "duration": _DURATION}.get(kind or "", _STRING)
+    return {"flag": _BOOLEAN, "whole": _INTEGER, "duration": _DURATION,
+            "size": _SIZE}.get(kind or "", _STRING)
 
 
 def _has_type(value: object, expected: str) -> bool:
@@ -155,7 +157,7 @@ def _has_type(value: object, expected: str) -> bool:
     is_int = isinstance(value, int) and not isinstance(value, bool)
     if expected == _INTEGER:
         return is_int
-    if expected == _DURATION:
+    if expected in (_DURATION, _SIZE):
         return is_int or isinstance(value, str)
     return isinstance(value, str)
 

@@ -56,9 +56,9 @@ def _never_fatal(method: Callable[..., None]) -> Callable[..., None]:
     """A monitoring failure is reported as a warning; it must not change the job's status."""
 
     @functools.wraps(method)
-    def guarded(self: Hooks, *args: Any) -> None:
+    def guarded(self: Hooks, *args: Any, **kwargs: Any) -> None:
         try:
-            method(self, *args)
+            method(self, *args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any bug here must stay a warning
             self.warnings.warn(f"monitoring hook {method.__name__} failed: "
                                f"{type(exc).__name__}: {exc}")
@@ -106,7 +106,8 @@ class Hooks:
             self._warn(self.pinger.start(self._start_cancelled))
 
     @_never_fatal
-    def finished(self, exit_code: int) -> None:
+    def finished(self, exit_code: int, body: bytes = b"") -> None:
+        """*body*: --capture's tail, sent with the final ping."""
         end = time.time()
         if self._start_thread is not None:
             self._start_thread.join(START_WAIT)
@@ -118,8 +119,8 @@ class Hooks:
                                            last_duration_seconds=duration, runs_total=1))
         if self.pinger:
             pinger = self.pinger
-            final = _background(lambda: self._warn(pinger.finish(exit_code)), "final ping",
-                                self.warnings)
+            final = _background(lambda: self._warn(pinger.finish(exit_code, body)),
+                                "final ping", self.warnings)
             final.join(FINAL_PING_WAIT)
             if final.is_alive():
                 self._warn(f"ping {hide_path(pinger.url)} failed: no answer within "

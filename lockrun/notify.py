@@ -331,3 +331,39 @@ def _signal_group(group: int, signum: int) -> None:
         os.killpg(group, signum)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+class Notifier:
+    """deliver() for one invocation, on a thread of its own, so the final ping and the
+    notification wait at the same time: lockrun's exit is held up by the longer of
+    the two bounds, not by their sum."""
+
+    def __init__(self, url: str | None, fmt: str, cmd: str | None, notify_on: str) -> None:
+        self.url, self.fmt, self.cmd, self.notify_on = url, fmt, cmd, notify_on
+        self._thread: threading.Thread | None = None
+        self._result: list[str | None] = []
+
+    def start(self, note: Notification, env: dict[str, str]) -> bool:
+        """Begin sending *note* if --notify-on selects its event; False if it does not."""
+        if not wanted(note.event, self.notify_on):
+            return False
+
+        def send() -> None:
+            try:
+                self._result.append(deliver(note, url=self.url, fmt=self.fmt, cmd=self.cmd,
+                                            env=env))
+            except Exception as exc:  # noqa: BLE001 - a bug here must stay one warning
+                self._result.append(f"notification failed: {type(exc).__name__}: {exc}")
+
+        self._thread = threading.Thread(target=send, name="notify", daemon=True)
+        self._thread.start()
+        return True
+
+    def finish(self) -> str | None:
+        """The warning line to print, once the send is over (NOTIFY_BOUND at most)."""
+        if self._thread is None:
+            return None
+        self._thread.join(NOTIFY_BOUND + 1.0)
+        if self._result:
+            return self._result[0]
+        return "notification failed: not sent within its bound"

@@ -13,7 +13,7 @@ import click
 from lockrun import optiontable
 from lockrun.configfile import FileSettings
 from lockrun.errors import UsageError
-from lockrun.optiontable import CONNECTION, Option, to_duration, to_whole
+from lockrun.optiontable import CONNECTION, Option, to_duration, to_size, to_whole
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -89,6 +89,9 @@ def click_option(option: Option) -> Callable[[F], F]:
         extra.update(type=PlainInt(option.low, option.high))
     elif option.kind == "duration":
         extra.update(duration(option.minimum, option.maximum, option.positive, option.why))
+    elif option.kind == "size":
+        low, high = option.low, option.high
+        extra.update(callback=_adapt(lambda v: to_size(v, low, high)))
     elif option.check is not None:
         extra.update(callback=_adapt(option.check))
     if option.metavar is not None:

@@ -28,9 +28,18 @@ if TYPE_CHECKING:  # typing costs its import on every fire: annotations only
     Value: TypeAlias = str | int | float | bool | None
     """What an option's value can be once converted (and what the file or click hands
     over)."""
-    Kind: TypeAlias = Literal["duration", "whole", "choice", "flag", "string"]
+    Kind: TypeAlias = Literal["duration", "whole", "choice", "flag", "string", "size"]
     Check: TypeAlias = Callable[[str], str]
     """A string option's validator: the value (perhaps normalised) or a UsageError."""
+
+
+CAPTURE_MIN = 1024
+"""--capture's smallest SIZE: a smaller tail holds too little of an error to read, and 0
+(off) is a likelier typo than a choice (``off`` says it)."""
+CAPTURE_MAX = 1024 * 1024
+"""--capture's largest SIZE (1 MiB): the tail is written to Redis on every fire of the job
+and kept for the retention (per attempt), and sent within one Redis timeout just before
+the release; a job whose last megabyte does not say why it failed needs a log file."""
 
 
 # Converters: the sentence of each UsageError is what click prints after
@@ -77,6 +86,44 @@ def to_whole(value: Value, low: int, high: int) -> int:
     if not low <= number <= high:
         raise UsageError(f"{number} is not in the range {low}<=x<={high}.")
     return number
+
+
+_SIZE_UNITS = {"k": 1024, "K": 1024, "m": 1024 * 1024, "M": 1024 * 1024}
+
+
+def to_size(value: Value, minimum: int, maximum: int) -> int:
+    """A SIZE in bytes: ``65536``, ``64k``, ``1m`` (k = 1024), or ``off`` (0, the default).
+
+    ASCII digits only and at most 8 of them, for the reasons to_whole gives;
+    ``off`` exists so that one line can turn off a size its configuration file
+    sets, while ``0`` is refused as a typo, like any number below *minimum*.
+    """
+    if value == "off":
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str):
+        digits = value[:-1] if value[-1:] in _SIZE_UNITS else value
+        if not (0 < len(digits) <= 8 and digits.isascii() and digits.isdigit()):
+            raise UsageError(f"invalid size {shown(value)}: expected a whole number of bytes "
+                             "with an optional unit k or m (1024 and 1048576 bytes), for "
+                             "example 64k, or off")
+        number = int(digits) * _SIZE_UNITS.get(value[-1], 1)
+    else:
+        raise UsageError("must be a string such as \"64k\" or a whole number of bytes")
+    if number < minimum:
+        raise UsageError(f"must be at least {format_size(minimum)} (or off)")
+    if number > maximum:
+        raise UsageError(f"must be at most {format_size(maximum)}")
+    return number
+
+
+def format_size(size: int) -> str:
+    """Bytes in the largest unit that divides them exactly; 0 is off."""
+    for unit, factor in (("m", 1024 * 1024), ("k", 1024)):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size) if size else "off"
 
 
 BOOL_STATES = {"1": True, "0": False, "yes": True, "no": False, "true": True, "false": False,
@@ -301,6 +348,8 @@ class Option:
         value = self.value_default
         if self.kind == "duration" and isinstance(value, float):
             return format_duration(value)
+        if self.kind == "size" and isinstance(value, int):
+            return format_size(value)
         return value
 
     def convert(self, value: Value) -> Value:
@@ -311,6 +360,8 @@ class Option:
             return to_duration(value, self.minimum, self.maximum, self.positive, self.why)
         if self.kind == "whole":
             return to_whole(value, self.low, self.high)
+        if self.kind == "size":
+            return to_size(value, self.low, self.high)
         if self.kind == "flag":
             if not isinstance(value, bool):
                 raise UsageError(f"{value!r} is not a valid boolean.")
@@ -447,6 +498,11 @@ WRAPPER: tuple[Option, ...] = (
     Option("log_format", ("--log-format",), "choice", "Messages as text lines or JSON "
            "objects.  [default: text]", env=_env("LOG_FORMAT"), choices=("text", "json"),
            default="text"),
+    Option("capture", ("--capture",), "size", "Keep the last SIZE bytes of the job's stdout "
+           "and stderr (e.g. 64k; at most 1m) with the fire in Redis, for 'lockrun logs', and "
+           "send them with the final ping; the output still goes where it went, but through "
+           "pipes: it is then not a terminal.  [default: off]", metavar="SIZE",
+           env=_env("CAPTURE"), low=CAPTURE_MIN, high=CAPTURE_MAX),
     _flag("quiet_unless_failed", "Keep the job's stdout and stderr in memory and print them "
           "only if it fails (exit status not 0), as chronic does: cron mails failures only. "
           "The job's output is then not a terminal."),
@@ -464,7 +520,7 @@ CONFIG_FIELDS = tuple(name for name in Config.field_names() if name in BY_NAME
 """The options whose value Config takes as it is (the key is required, and the fire is
 derived with --schedule)."""
 KIND_TYPES: Mapping[Kind, type] = {"duration": float, "whole": int, "flag": bool,
-                                   "choice": str, "string": str}
+                                   "choice": str, "string": str, "size": int}
 """What Option.convert returns for each kind: tests/test_argv.py checks these against
 Config's annotations, which mypy cannot see through a mapping of values by name."""
 _by_name: Callable[..., Config] = Config

@@ -16,6 +16,9 @@ from lockrun import __version__
 PING_TIMEOUT = 2.0
 PING_ATTEMPTS = 2
 PING_PAUSE = 0.3
+PING_BODY_MAX = 100_000
+"""The most of the output's tail sent with the final ping: what healthchecks.io keeps of a
+ping's body (a self-hosted instance says its own limit; it keeps the body's start)."""
 
 
 @dataclass
@@ -32,8 +35,11 @@ class Pinger:
         """healthchecks' /log: an event on the check's log that changes no state."""
         return self._send("/log", cancelled)
 
-    def finish(self, exit_code: int) -> str | None:
-        return self._send("" if exit_code == 0 else f"/{exit_code}", threading.Event())
+    def finish(self, exit_code: int, body: bytes = b"") -> str | None:
+        """The final ping; with --capture's tail a POST whose body healthchecks keeps as the
+        ping's log (its last PING_BODY_MAX bytes: the end says why a job failed)."""
+        return self._send("" if exit_code == 0 else f"/{exit_code}", threading.Event(),
+                          body[-PING_BODY_MAX:] if body else None)
 
     def _target(self, suffix: str) -> str:
         from urllib.parse import urlsplit, urlunsplit
@@ -42,7 +48,8 @@ class Pinger:
         query = "&".join(q for q in (parts.query, f"rid={self.run_id}") if q)
         return urlunsplit(parts._replace(path=parts.path.rstrip("/") + suffix, query=query))
 
-    def _send(self, suffix: str, cancelled: threading.Event) -> str | None:
+    def _send(self, suffix: str, cancelled: threading.Event,
+              body: bytes | None = None) -> str | None:
         """Return None when the monitor got the ping, else the warning to print.
 
         *cancelled* stops further attempts once the final ping is under way, so
@@ -52,8 +59,10 @@ class Pinger:
         import urllib.request
 
         target = self._target(suffix)  # the CLI only accepts http:// and https:// URLs
-        request = urllib.request.Request(  # noqa: S310
-            target, headers={"User-Agent": f"lockrun/{__version__}"})
+        headers = {"User-Agent": f"lockrun/{__version__}"}
+        if body is not None:
+            headers["Content-Type"] = "text/plain; charset=utf-8"
+        request = urllib.request.Request(target, data=body, headers=headers)  # noqa: S310
         error = "not sent before the job ended"
         for attempt in range(PING_ATTEMPTS):
             if cancelled.is_set():

@@ -464,6 +464,7 @@ def job_keys(key: str, fire: str, prefix: str = "lockrun") -> dict[str, str]:
         "pause": f"{base}:pause",
         "job": f"{base}:job",
         "try": f"{base}:try:{fire}",
+        "out": f"{base}:out:{fire}",
     }
 
 

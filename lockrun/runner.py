@@ -23,8 +23,9 @@ if TYPE_CHECKING:  # typing costs its import on every fire: annotations only
     from lockrun.schedule import Slot
 
 CHILD_ENV = ("LOCKRUN_KEY", "LOCKRUN_FIRE", "LOCKRUN_FENCE", "LOCKRUN_OWNER")
-SECRET_ENV = ("LOCKRUN_REDIS_PASSWORD",)
-"""lockrun's own secrets: never handed to the job and everything it starts."""
+SECRET_ENV = ("LOCKRUN_REDIS_PASSWORD", "LOCKRUN_NOTIFY_URL", "LOCKRUN_NOTIFY_CMD")
+"""lockrun's own secrets (a password, a webhook whose path is its key, a command that may
+carry a token): never handed to the job, everything it starts, or --notify-cmd."""
 
 
 def child_environment(cfg: Config) -> dict[str, str]:
@@ -118,6 +119,8 @@ def _run(cfg: Config, out: Reporter) -> int:
             out.error(f"fire {cfg.fire} of {cfg.key} failed: attempt {acq.attempt} on "
                       f"{acq.holder_host} crashed (its lease expired without an end) and was "
                       "the last allowed by --retries")
+            _notify(cfg, out, "retries-exhausted", acq.holder_host, acq.attempt, None,
+                    "crashed")
         elif not acq.won:
             out.info(_skip_reason(cfg, acq))
         if not acq.won:
@@ -252,7 +255,7 @@ class NoHooks:
     def started(self, owner: str) -> None:
         pass
 
-    def finished(self, exit_code: int) -> None:
+    def finished(self, exit_code: int, body: bytes = b"") -> None:
         pass
 
     def slow(self) -> None:
@@ -298,10 +301,13 @@ def _too_late(cfg: Config, out: Reporter, slot: Slot, client: LockClient,
             out.error(f"fire {cfg.fire} of {cfg.key} ran nowhere: no server started it "
                       f"within --grace {cfg.grace:g}s (this one came {late:.0f}s after the "
                       "scheduled time)")
+            _notify(cfg, out, "ran-nowhere", host_name(), 0, None, "ran-nowhere")
         elif missed.retry_ended:
             out.error(f"fire {cfg.fire} of {cfg.key} failed: no server started its retry "
                       f"within --grace {cfg.grace:g}s (attempt {missed.attempts} on "
                       f"{missed.host} ended {_ended(missed.outcome, missed.exit_code)})")
+            _notify(cfg, out, "failure", missed.host, missed.attempts, missed.exit_code,
+                    missed.outcome)
     except RedisUnavailable as exc:
         hooks.redis_unusable()
         line = outage_line(state, state.redis_failed(missed=(cfg.key, cfg.fire)),
@@ -385,6 +391,22 @@ def _check_clock(cfg: Config, out: Reporter, skew: float, round_trip: float) -> 
         direction = "ahead of" if skew > 0 else "behind"
         out.warning(f"this server's clock is {abs(skew):.1f}s {direction} the Redis server's "
                     f"(--max-skew {cfg.max_skew:g}s): fix NTP on {host_name()}")
+
+
+def _notify(cfg: Config, out: Reporter, event: str, host: str, attempt: int,
+            exit_code: int | None, outcome: str) -> None:
+    """A fire's end that this server recorded without running it (ran nowhere, a retry
+    nobody started in time, a last attempt that crashed): this server tells, once."""
+    if not (cfg.notify_url or cfg.notify_cmd):
+        return
+    from lockrun.notify import Notification, Notifier
+
+    note = Notification(event=event, key=cfg.key, fire=cfg.fire, host=host, attempt=attempt,
+                        attempts=cfg.retries + 1, exit_code=exit_code, outcome=outcome,
+                        duration_s=None, failures=0)
+    notifier = Notifier(cfg.notify_url, cfg.notify_format, cfg.notify_cmd, cfg.notify_on)
+    if notifier.start(note, child_environment(cfg)) and (warning := notifier.finish()):
+        out.warning(warning)
 
 
 def _ended(outcome: str, exit_code: int | None) -> str:

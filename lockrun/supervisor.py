@@ -22,7 +22,9 @@ if TYPE_CHECKING:
     import signal
     from typing import Protocol
 
+    from lockrun.capture import Capture
     from lockrun.config import Config
+    from lockrun.notify import Notifier
     from lockrun.output import Reporter
     from lockrun.protocol import Lease, Released
     from lockrun.signals import SignalInbox
@@ -33,11 +35,16 @@ if TYPE_CHECKING:
 
         def started(self, owner: str) -> None: ...
 
-        def finished(self, exit_code: int) -> None: ...
+        def finished(self, exit_code: int, body: bytes = b"") -> None: ...
 
         def slow(self) -> None: ...
 else:
     import _signal as signal  # see lockrun.signals
+
+FINISH_WAIT_MAX = 2.0
+"""--capture: how long the end waits for the output's last bytes (at most ttl/6, so the
+release still comes well within the lease), lest a pipe held open outside the job's tree
+keep the claim waiting."""
 
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT})
 
@@ -123,6 +130,12 @@ class Supervisor:
         self.stopped = False
         """A stop signal was forwarded: the job was told to end, so no retry follows."""
         self.attempts_run = 0
+        self.capture: Capture | None = None
+        """--capture: the tee of the attempt that runs or ran last."""
+        self.tail = b""
+        """--capture: the last attempt's output tail, for the final ping and notification."""
+        self.ran_for: float | None = None
+        """How long the last attempt ran, for its notification."""
 
     def run(self, program: str, env: dict[str, str]) -> int:
         cfg = self.cfg
@@ -130,6 +143,8 @@ class Supervisor:
         try:
             code = self._run(program, env, kept)
         finally:
+            if self.capture is not None:
+                self.capture.drain()  # the lease is released: a slow stdout takes the rest
             if kept is not None:
                 kept.close()
         return code
@@ -156,8 +171,42 @@ class Supervisor:
             due = time.strftime("%H:%M:%SZ", time.gmtime(released.retry_due_ms / 1000))
             self.out.info(f"{cfg.key} fire {cfg.fire} attempt {self.lease_attempt()} failed; "
                           f"a later tick of any server may retry it from {due}")
-        self.hooks.finished(code)
+        notifier = self._notify(code, outcome, released, env)  # the end is recorded: now
+        self.hooks.finished(code, self.tail)
+        if notifier is not None and (warning := notifier.finish()):
+            self.out.warning(warning)
         return code
+
+    def _notify(self, code: int, outcome: str, released: Released | None,
+                env: dict[str, str]) -> Notifier | None:
+        """--notify-*: which event this end is, decided once for the fleet by the server
+        that ran the attempt (the release says whether the job had been failing)."""
+        cfg = self.cfg
+        if not (cfg.notify_url or cfg.notify_cmd):
+            return None
+        from lockrun.notify import Notification, Notifier
+
+        before = released.failures_before if released is not None else 0
+        attempt = self.lease_attempt()
+        if self.lost:
+            event, outcome = "lost", "lost"
+        elif released is not None and released.retry_due_ms:
+            event = "retry"
+        elif code == 0:
+            event = "recovery" if before else "success"
+        elif cfg.retries and attempt > cfg.retries:
+            event = "retries-exhausted"
+        elif outcome == "timeout":
+            event = "timeout"
+        else:
+            event = "failure"
+        failures = before if code == 0 or event == "retry" else before + 1
+        note = Notification(event=event, key=cfg.key, fire=cfg.fire, host=host_name(),
+                            attempt=attempt, attempts=cfg.retries + 1, exit_code=code,
+                            outcome=outcome, duration_s=self.ran_for, failures=failures,
+                            output=self.tail)
+        notifier = Notifier(cfg.notify_url, cfg.notify_format, cfg.notify_cmd, cfg.notify_on)
+        return notifier if notifier.start(note, env) else None
 
     def lease_attempt(self) -> int:
         return self.lease.attempt if self.lease is not None else 1
@@ -183,9 +232,14 @@ class Supervisor:
         cfg = self.cfg
         self.timed_out = self.warned = self.cleaning = False
         self.kill_at = None
+        capture = self._new_capture(kept)
         try:
-            child = Child(cfg.command, program, env, kept.fds if kept is not None else None)
+            child = Child(cfg.command, program, env, capture.fds if capture is not None
+                          else kept.fds if kept is not None else None)
         except LockrunError as exc:
+            if capture is not None:
+                capture.abandon()
+                self.capture = None
             if self.attempts_run:  # an earlier attempt ran: this one failed to start
                 self.out.error(f"{cfg.key} fire {cfg.fire}: {exc}")
                 return ExitCode.NOT_EXECUTABLE
@@ -196,6 +250,8 @@ class Supervisor:
                 give_back(self.lease, cfg, self.out, f"cannot execute the command: {exc}")
             raise
         self.attempts_run += 1
+        if capture is not None:
+            capture.start()
         if child.unprotected:
             self.out.warning(f"{cfg.key}: " + "; ".join(child.unprotected))
         if self.attempts_run == 1:
@@ -237,10 +293,25 @@ class Supervisor:
                 self._keep_lease(child)
             self.inbox.wait(self._next_wake(timeout_at, None if self.warned else warn_at))
         child.restore_terminal()
+        self.ran_for = time.monotonic() - started
         code = ExitCode.TIMEOUT if self.timed_out else from_wait_status(child.status or 0)
         if self.cancelled_by and not self.timed_out:
             code = ExitCode.CANCELLED  # whatever the job's own answer to SIGTERM was
+        if capture is not None:  # kept beside the fire while the claim is still ours
+            self.tail = self._keep_output(capture, int(code))
         return int(code)
+
+    def _new_capture(self, kept: _Kept | None) -> Capture | None:
+        """--capture: pipes in front of where the output goes (the memfds, or 1 and 2); a
+        new tee for each attempt, once the previous one's bytes have gone on."""
+        if not self.cfg.capture:
+            return None
+        from lockrun.capture import DRAIN_WAIT, Capture
+
+        if self.capture is not None:  # between --retry-local attempts: bounded, like a renewal
+            self.capture.drain(min(DRAIN_WAIT, self.cfg.ttl / 6))
+        self.capture = Capture(self.cfg.capture, kept.fds if kept is not None else (1, 2))
+        return self.capture
 
     def _retry_here(self, code: int) -> bool:
         """--retry-local: after a failed attempt, wait the delay holding the lease, then say
@@ -279,6 +350,17 @@ class Supervisor:
             pass  # counted here all the same; only the history misses this start
         self.timed_out = False
         return True
+
+    def _keep_output(self, capture: Capture, code: int) -> bytes:
+        """--capture: the tail, stored with the fire before the release (lockrun.capture)."""
+        from lockrun.capture import store
+
+        tail = capture.finish(min(FINISH_WAIT_MAX, self.cfg.ttl / 6))
+        if self.lease is not None and not self.lost:
+            outcome = ("timeout" if self.timed_out else "cancelled" if self.cancelled_by
+                       else "exited")
+            store(self.lease, tail, code, outcome, self.cfg.retention_ms(time.time()))
+        return tail.data
 
     def _record_lost_end(self, code: int) -> None:
         assert self.lease is not None

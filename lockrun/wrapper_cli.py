@@ -83,6 +83,7 @@ def wrapper(command: tuple[str, ...], **options: Value) -> int:
       lockrun explain -k KEY [OPTIONS] -- COMMAND
                                what this line would do here now, and why
       lockrun check KEY        Nagios-style check of a job, from the lock store
+      lockrun logs KEY         the output --capture kept of a fire, from any server
     """
     import time
 

@@ -134,6 +134,10 @@ class Values:
             return self.duration(option)
         if option.kind == "whole":
             return str(self.rng.randint(option.low, option.high))
+        if option.kind == "size":
+            return self.rng.choice(["off", str(self.rng.randint(option.low, option.high)),
+                                    f"{self.rng.randint(1, option.high // 1024)}k", "1m",
+                                    f"{self.rng.randint(1, option.high // 1024)}K"])
         if option.kind == "choice":
             return self.rng.choice(option.choices)
         if option.kind == "flag":
@@ -167,7 +171,7 @@ class Values:
         if option.kind == "flag":
             return True
         text = self.value(option)
-        if option.kind == "whole" or (option.kind == "duration" and text.isdigit()
+        if option.kind == "whole" or (option.kind in ("duration", "size") and text.isdigit()
                                       and self.rng.random() < 0.5):
             return int(text)
         return text
@@ -371,6 +375,8 @@ def _out_of_range(option: Option) -> list[str]:
     """Well-formed values just outside the option's own range."""
     if option.kind == "whole":
         return [str(option.high + 1), "999999"]
+    if option.kind == "size":
+        return ["0", str(option.low - 1), str(option.high + 1), "2g", "1M1", "0x400"]
     if option.kind != "duration":
         return []
     values = ["367d"]

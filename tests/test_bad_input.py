@@ -302,7 +302,7 @@ def _wrapper_case(option: click.Option, value: str) -> Case:
 ADMIN_BASE = {"status": ["status"], "history": ["history", "job"],
               "unlock": ["unlock", "job", "--yes"], "doctor": ["doctor"],
               "pause": ["pause", "job"], "resume": ["resume", "job"],
-              "cancel": ["cancel", "job"], "check": ["check", "job"]}
+              "cancel": ["cancel", "job"], "check": ["check", "job"], "logs": ["logs", "job"]}
 
 
 def _admin_cases() -> list[tuple[str, click.Option]]:

@@ -21,7 +21,7 @@ from conftest import LOCKRUN, RedisServer, lockrun_env
 
 ROOT = Path(__file__).resolve().parent.parent
 VERBS = {"status", "history", "unlock", "doctor", "pause", "resume", "cancel", "explain",
-         "check"}
+         "check", "logs"}
 UNUSED_URL = "redis://127.0.0.1:9/0"  # discard port: nothing here answers, nothing may try
 
 

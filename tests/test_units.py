@@ -83,6 +83,7 @@ def test_all_keys_of_a_job_share_one_hash_tag() -> None:
         "pause": "lockrun:{backup}:pause",
         "job": "lockrun:{backup}:job",
         "try": "lockrun:{backup}:try:2026-11-22T03:00:00Z",
+        "out": "lockrun:{backup}:out:2026-11-22T03:00:00Z",
     }
     # the fleet's pause flag and its audit share a slot of their own, which no job's
     # name can take ('=' is not a key character)
