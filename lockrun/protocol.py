@@ -346,23 +346,15 @@ return {'lost', now_ms, before, 0}
 # a give-back after a lost reply that never claimed leaves no trace.
 ABANDON = Script(("fire_key", "guard_key", "hist_key", "try_key"),
                  ("owner", "guard", "fire", "host", "pid", "maxlen", "reason"), """
-local h = redis.call('HMGET', fire_key, 'owner', 'state', 'attempt')
+local h = redis.call('HMGET', fire_key, 'owner', 'state')
 if h[1] ~= owner or h[2] ~= 'running' then
   return {0}
 end
 redis.call('DEL', fire_key)
 if redis.call('HGET', try_key, 'running') == owner then
-  redis.call('HDEL', try_key, 'running')  -- not an attempt that crashed: none started
-  local attempt = tonumber(h[3]) or 1
-  if attempt > 1 then  -- a claimed retry: the ticket goes back, due now
-    local t = redis.call('TIME')
-    local now = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-    local keep = redis.call('PTTL', try_key)
-    if keep <= 0 then keep = 86400000 end
-    redis.call('HSET', fire_key, 'owner', owner, 'state', 'retry', 'host', host,
-      'outcome', 'given-back', 'attempt', attempt - 1, 'due_ms', now, 'prefer_ms', now)
-    redis.call('PEXPIRE', fire_key, keep)
-  end
+  -- not an attempt that crashed: none started. A claimed retry given back is claimed
+  -- again by the next tick (the try hash still counts the attempts before it).
+  redis.call('HDEL', try_key, 'running')
 end
 if guard == '1' and redis.call('HGET', guard_key, 'owner') == owner then
   redis.call('DEL', guard_key)

@@ -171,3 +171,36 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisS
                                        str(d / "ca.crt"), "--tls-auth-clients", "yes"])
     yield server, d, f"rediss://127.0.0.1:{port}/0"
     server.stop()
+
+
+# A fleet on one machine: each lockrun process is a server with a hostname of its own (a
+# UTS namespace, as tests/fleet/sim.py does), because lockrun tells servers apart by name.
+
+def on(host: str, url: str, *args: str, env: dict[str, str] | None = None,
+       timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """One tick of a crontab line on the server called *host*."""
+    return subprocess.run(
+        ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host, str(LOCKRUN),
+         *args], env=env or lockrun_env(url), capture_output=True, text=True, timeout=timeout)
+
+
+def start_on(host: str, url: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host, str(LOCKRUN),
+         *args], env=lockrun_env(url), text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE)
+
+
+def tick_until_claimed(host: str, url: str, args: tuple[str, ...],
+                       timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    """Tick as cron would, until this server runs the fire (polling, not sleeping); *args*
+    must include -v, whose "acquired" line tells a run from a skip."""
+    result: list[subprocess.CompletedProcess[str]] = []
+
+    def claimed() -> bool:
+        r = on(host, url, *args)
+        result.append(r)
+        return "acquired" in r.stderr
+
+    wait_for(claimed, timeout, f"{host} to claim the fire")
+    return result[-1]

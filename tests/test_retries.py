@@ -16,26 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import LOCKRUN, RedisServer, history, lockrun_env, pid_alive, run_lockrun, wait_for
+from conftest import (
+    RedisServer,
+    history,
+    on,
+    pid_alive,
+    run_lockrun,
+    start_on,
+    tick_until_claimed,
+    wait_for,
+)
 
 from lockrun.protocol import job_keys
 
 RETRY = ("--retries", "2", "--retry-delay", "2s")
-
-
-def on(host: str, url: str, *args: str, env: dict[str, str] | None = None,
-       timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """One tick of the crontab line on the server called *host*."""
-    return subprocess.run(
-        ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host, str(LOCKRUN),
-         *args], env=env or lockrun_env(url), capture_output=True, text=True, timeout=timeout)
-
-
-def start_on(host: str, url: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host, str(LOCKRUN),
-         *args], env=lockrun_env(url), text=True, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE)
 
 
 def line(key: str, job: str, *extra: str) -> tuple[str, ...]:
@@ -52,20 +46,6 @@ def attempts(server: RedisServer, key: str) -> list[tuple[str, str, str]]:
     """(attempt, host, how it ended) of each attempt's end, in order."""
     return [(e.get("attempt", ""), e["host"], e.get("outcome", "") + ":" + e.get("exit", ""))
             for e in history(server, key) if e["event"] == "end"]
-
-
-def tick_until_claimed(host: str, url: str, args: tuple[str, ...],
-                       timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    """Tick as cron would, until this server runs the fire (polling, not sleeping)."""
-    result: list[subprocess.CompletedProcess[str]] = []
-
-    def claimed() -> bool:
-        r = on(host, url, *args)
-        result.append(r)
-        return "acquired" in r.stderr
-
-    wait_for(claimed, timeout, f"{host} to claim the retry")
-    return result[-1]
 
 
 def test_a_failed_fire_is_retried_on_another_server_and_succeeds(
@@ -310,3 +290,21 @@ def test_retry_settings_that_could_never_retry_are_refused(
     r = run_lockrun("-k", "job", *args, "--", "touch", str(marker), url="redis://127.0.0.1:1")
     assert r.returncode == 64 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
     assert r.stderr.startswith("lockrun: ") and not marker.exists()
+
+
+def test_a_retry_given_back_unstarted_is_not_counted_as_an_attempt(
+        redis_server: RedisServer, key: str) -> None:
+    """srv-b claims the retry but must give it back before starting the job (too few
+    replicas, --strict-replicas, on a Redis that has none): that is no crashed attempt;
+    srv-c then runs attempt 2."""
+    url = redis_server.url
+    args = ("-v", "-k", key, "--fire", "f1", "--retries", "2", "--retry-delay", "1s",
+            "--retry-anywhere")
+    assert on("srv-a", url, *args, "--", "sh", "-c", "exit 3").returncode == 3
+    strict = (*args, "--wait-replicas", "1", "--strict-replicas", "--wait-timeout", "100ms",
+              "--", "true")
+    gave_back = tick_until_claimed("srv-b", url, strict)
+    assert gave_back.returncode == 75, gave_back.stderr
+    assert [e["host"] for e in history(redis_server, key) if e["event"] == "abandon"] == ["srv-b"]
+    assert tick_until_claimed("srv-c", url, (*args, "--", "true")).returncode == 0
+    assert attempts(redis_server, key) == [("1", "srv-a", "exited:3"), ("2", "srv-c", "exited:0")]
