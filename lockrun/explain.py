@@ -115,6 +115,8 @@ class RedisView:
     guard: Record | None = None
     pause: Record | None = None
     fleet_pause: Record | None = None
+    tries: Record | None = None
+    """--retries: the fire's attempts that ended and the hosts that failed them."""
     last_fence: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -398,6 +400,8 @@ def _read(cfg: Config, client: LockClient, view: RedisView) -> None:
     view.guard = _record(client, keys["running"], view)
     view.pause = _record(client, keys["pause"], view)
     view.fleet_pause = _record(client, fleet_keys(cfg.key_prefix)["pause"], view)
+    if cfg.retries:
+        view.tries = _record(client, keys["try"], view)
     fence = client.text("GET", keys["fence"])
     view.last_fence = None if fence is None else str(fence)
     view.usable = True
@@ -487,7 +491,11 @@ def _acquire(cfg: Config, redis: RedisView, skip_exit: tuple[int, str]) -> Decis
     pause, the overlap guard; else the claim."""
     fire = redis.fire.fields if redis.fire else {}
     where = f"fire {cfg.fire}"
-    if fire.get("owner"):
+    if fire.get("state") == "retry":
+        ticket = _ticket(cfg, redis, fire, skip_exit)
+        if ticket is not None:
+            return ticket
+    elif fire.get("owner"):
         if fire.get("state") == "running" and fire.get("cancel_by"):
             return Decision("skip", "held", f"{where} is held by {fire.get('host', '?')} "
                             f"({_record_text(fire, brief=True)}), and {fire['cancel_by']} "
@@ -533,6 +541,10 @@ def _acquire(cfg: Config, redis: RedisView, skip_exit: tuple[int, str]) -> Decis
     if guard.get("owner"):
         decision.notes.append(f"the overlap guard is held by fire {guard.get('fire', '?')} on "
                               f"{guard.get('host', '?')}, ignored with --overlap {cfg.overlap}")
+    if fire.get("state") == "retry":
+        decision.notes.append(f"it would be attempt {int(fire.get('attempt', '1') or 1) + 1} "
+                              f"of {cfg.retries + 1}: attempt {fire.get('attempt', '1')} failed "
+                              f"on {fire.get('host', '?')}")
     if fire.get("state") == "missed":
         decision.notes.append(f"{where} has a too-late record from {fire.get('host', '?')}; "
                               "a server within the grace still claims it")
@@ -540,6 +552,29 @@ def _acquire(cfg: Config, redis: RedisView, skip_exit: tuple[int, str]) -> Decis
         decision.notes.append(f"after the claim it waits for {cfg.wait_replicas} replica(s) "
                               f"(--wait-replicas, up to {cfg.wait_timeout:g}s)")
     return decision
+
+
+def _ticket(cfg: Config, redis: RedisView, fire: dict[str, str],
+            skip_exit: tuple[int, str]) -> Decision | None:
+    """A failed attempt left the fire for a retry: not due yet, left to servers that have
+    not failed it, or claimable now (None: ACQUIRE's other checks decide)."""
+    from lockrun.protocol import host_name
+
+    now_ms = (time.time() - (redis.skew_s or 0.0)) * 1000
+    attempt = fire.get("attempt", "1")
+    last = f"attempt {attempt} failed on {fire.get('host', '?')}"
+    due, prefer = fire.get("due_ms", ""), fire.get("prefer_ms", "")
+    if due.isdigit() and now_ms < int(due):
+        return Decision("skip", "retry-wait", f"{last}; its retry is due at "
+                        f"{_utc(int(due) / 1000)}: a tick from then claims it", *skip_exit)
+    tries = redis.tries.fields if redis.tries else {}
+    failed = tries.get("failed", "").split(",")
+    if (not cfg.retry_anywhere and prefer.isdigit() and now_ms < int(prefer)
+            and host_name() in failed):
+        return Decision("skip", "retry-elsewhere", f"{last}; this server failed it too, so it "
+                        f"leaves the retry to another server until {_utc(int(prefer) / 1000)}",
+                        *skip_exit)
+    return None
 
 
 def _fire_notes(cfg: Config, redis: RedisView) -> list[str]:

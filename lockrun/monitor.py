@@ -106,8 +106,9 @@ class Hooks:
             self._warn(self.pinger.start(self._start_cancelled))
 
     @_never_fatal
-    def finished(self, exit_code: int, body: bytes = b"") -> None:
-        """*body*: --capture's tail, sent with the final ping."""
+    def finished(self, exit_code: int, body: bytes = b"", retrying: bool = False) -> None:
+        """*body*: --capture's tail, sent with the final ping; *retrying*: this attempt
+        failed and left the fire for a retry (the ping is /log, not a failure)."""
         end = time.time()
         if self._start_thread is not None:
             self._start_thread.join(START_WAIT)
@@ -119,7 +120,7 @@ class Hooks:
                                            last_duration_seconds=duration, runs_total=1))
         if self.pinger:
             pinger = self.pinger
-            final = _background(lambda: self._warn(pinger.finish(exit_code, body)),
+            final = _background(lambda: self._warn(pinger.finish(exit_code, body, retrying)),
                                 "final ping", self.warnings)
             final.join(FINAL_PING_WAIT)
             if final.is_alive():

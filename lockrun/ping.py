@@ -35,11 +35,16 @@ class Pinger:
         """healthchecks' /log: an event on the check's log that changes no state."""
         return self._send("/log", cancelled)
 
-    def finish(self, exit_code: int, body: bytes = b"") -> str | None:
+    def finish(self, exit_code: int, body: bytes = b"", retrying: bool = False) -> str | None:
         """The final ping; with --capture's tail a POST whose body healthchecks keeps as the
-        ping's log (its last PING_BODY_MAX bytes: the end says why a job failed)."""
-        return self._send("" if exit_code == 0 else f"/{exit_code}", threading.Event(),
-                          body[-PING_BODY_MAX:] if body else None)
+        ping's log (its last PING_BODY_MAX bytes: the end says why a job failed).
+
+        A failed attempt that left a retry ticket sends /log instead: the fire has not
+        failed yet, and a check that flips to down and back up on every retry pages
+        people for nothing.
+        """
+        suffix = "/log" if retrying else "" if exit_code == 0 else f"/{exit_code}"
+        return self._send(suffix, threading.Event(), body[-PING_BODY_MAX:] if body else None)
 
     def _target(self, suffix: str) -> str:
         from urllib.parse import urlsplit, urlunsplit

@@ -255,7 +255,7 @@ class NoHooks:
     def started(self, owner: str) -> None:
         pass
 
-    def finished(self, exit_code: int, body: bytes = b"") -> None:
+    def finished(self, exit_code: int, body: bytes = b"", retrying: bool = False) -> None:
         pass
 
     def slow(self) -> None:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
         def started(self, owner: str) -> None: ...
 
-        def finished(self, exit_code: int, body: bytes = b"") -> None: ...
+        def finished(self, exit_code: int, body: bytes = b"", retrying: bool = False) -> None: ...
 
         def slow(self) -> None: ...
 else:
@@ -172,7 +172,8 @@ class Supervisor:
             self.out.info(f"{cfg.key} fire {cfg.fire} attempt {self.lease_attempt()} failed; "
                           f"a later tick of any server may retry it from {due}")
         notifier = self._notify(code, outcome, released, env)  # the end is recorded: now
-        self.hooks.finished(code, self.tail)
+        self.hooks.finished(code, self.tail,
+                            retrying=released is not None and released.retry_due_ms > 0)
         if notifier is not None and (warning := notifier.finish()):
             self.out.warning(warning)
         return code

@@ -87,6 +87,54 @@ def test_a_retry_notification_when_asked_for(redis_server: RedisServer, key: str
 
 
 @contextmanager
+def ping_server() -> Iterator[tuple[str, list[str]]]:
+    """A real HTTP server that records the path of every request."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    paths: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            paths.append(self.path.split("?")[0])
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_POST = do_GET
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/ping/check", paths
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_failed_attempt_that_will_be_retried_pings_log_not_failure(
+        redis_server: RedisServer, key: str) -> None:
+    """healthchecks must not flip to down and back up on a retry: the failed attempt's
+    final ping is /log, and the fire's real end is the success (or the failure)."""
+    url = redis_server.url
+    with ping_server() as (ping, paths):
+        args = ("-v", "-k", key, "--fire", "f1", "--retries", "1", "--retry-delay", "1s",
+                "--ping-url", ping, "--", "sh", "-c", '[ "$(hostname)" = srv-b ]')
+        assert on("srv-a", url, *args).returncode == 1
+        assert paths == ["/ping/check/start", "/ping/check/log"]
+        tick_until_claimed("srv-b", url, args)
+        assert paths[2:] == ["/ping/check/start", "/ping/check"]
+        other = f"{key}-b"
+        last = ("-k", other, "--fire", "f1", "--ping-url", ping, "--", "false")
+        assert on("srv-a", url, *last).returncode == 1
+        assert paths[4:] == ["/ping/check/start", "/ping/check/1"]  # no retry: a failure
+
+
+@contextmanager
 def hanging_endpoint() -> Iterator[tuple[str, threading.Event]]:
     """Accepts connections and never answers; the event is set at the first accept."""
     sock = socket.socket()

@@ -308,3 +308,22 @@ def test_a_retry_given_back_unstarted_is_not_counted_as_an_attempt(
     assert [e["host"] for e in history(redis_server, key) if e["event"] == "abandon"] == ["srv-b"]
     assert tick_until_claimed("srv-c", url, (*args, "--", "true")).returncode == 0
     assert attempts(redis_server, key) == [("1", "srv-a", "exited:3"), ("2", "srv-c", "exited:0")]
+
+
+def test_explain_tells_a_ticket_not_yet_due_and_a_claimable_retry(
+        redis_server: RedisServer, key: str) -> None:
+    url = redis_server.url
+    slow = ("-k", key, "--fire", "f1", "--retries", "2", "--retry-delay", "1h")
+    assert on("srv-a", url, *slow, "--", "false").returncode == 1
+    waiting = on("srv-b", url, "explain", *slow, "--", "true")
+    assert "attempt 1 failed on srv-a; its retry is due at" in waiting.stdout, waiting.stdout
+    other = f"{key}-b"
+    quick = ("-k", other, "--fire", "f1", "--retries", "2", "--retry-delay", "1s",
+             "--retry-anywhere")
+    assert on("srv-a", url, *quick, "--", "false").returncode == 1
+    due = int(redis_server.client().hget(job_keys(other, "f1")["fire"], "due_ms") or 0)
+    wait_for(lambda: int(redis_server.client().time()[0]) * 1000 > due + 100, 10,
+             "the retry to be due")
+    claimable = on("srv-b", url, "explain", *quick, "--", "true")
+    assert "would claim" in claimable.stdout and "it would be attempt 2 of 3" in \
+        claimable.stdout, claimable.stdout
