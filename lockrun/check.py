@@ -51,6 +51,8 @@ def kind(row: FireRun) -> str:
     """
     if row.outcome == "running":
         return "running"
+    if row.retry_due_ms is not None:  # failed, and left for a retry: not the fire's end
+        return "pending"
     if row.outcome in ("ran", "possible-duplicate"):
         return "ok" if row.exit == 0 else "failed"
     if row.outcome == "paused":
@@ -75,7 +77,17 @@ class Fire:
     @property
     def verdict(self) -> FireRun:
         """The row that decides: a failure anywhere beats a run elsewhere (a crash followed by
-        a late server's rerun is still a crash to look at), a run beats a skip."""
+        a late server's rerun is still a crash to look at), a run beats a skip.
+
+        With --retries the last attempt decides instead: an earlier attempt's failure was
+        retried, not left alone; a retry no server started within the grace ends the fire
+        as failed.
+        """
+        for row in self.rows:
+            if row.outcome == "skipped-retry-too-late":
+                return row
+        if any(r.attempt > 1 or r.retry_due_ms is not None for r in self.rows):
+            return max(self.rows, key=lambda r: (r.attempt, r.start_ms or 0))
         return min(self.rows, key=lambda r: _PRECEDENCE.index(kind(r)))
 
     @property

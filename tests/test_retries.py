@@ -152,6 +152,8 @@ def test_a_crashed_attempt_counts_as_a_failure_and_moves(redis_server: RedisServ
     assert ends == [("1", "srv-a", "crashed:"), ("2", "srv-b", "exited:0")]
     crashed = json.loads(run_lockrun("history", key, "--json", url=url).stdout)[1]
     assert crashed["outcome"] == "crashed" and crashed["host"] == "srv-a"
+    check = run_lockrun("check", key, url=url)  # the retry succeeded: the fire is fine
+    assert check.returncode == 0 and check.stdout.startswith("LOCKRUN OK"), check.stdout
 
 
 def test_a_crash_of_the_last_attempt_ends_the_fire_and_says_so_once(
@@ -327,3 +329,24 @@ def test_explain_tells_a_ticket_not_yet_due_and_a_claimable_retry(
     claimable = on("srv-b", url, "explain", *quick, "--", "true")
     assert "would claim" in claimable.stdout and "it would be attempt 2 of 3" in \
         claimable.stdout, claimable.stdout
+
+
+def test_check_judges_a_retried_fire_by_its_last_attempt(redis_server: RedisServer,
+                                                         key: str) -> None:
+    """A fire that failed once and succeeded on its retry is OK; a ticket still waiting is
+    not a failure yet; a fire that failed every attempt is one failure, not three."""
+    url = redis_server.url
+    args = ("-v", "-k", key, "--fire", "f1", "--retries", "2", "--retry-delay", "1s",
+            "--retry-anywhere", "--", "sh", "-c", '[ "$(hostname)" = srv-b ]')
+    assert on("srv-a", url, *args).returncode == 1
+    waiting = run_lockrun("check", key, url=url)
+    assert not waiting.stdout.startswith("LOCKRUN CRITICAL"), waiting.stdout
+    tick_until_claimed("srv-b", url, args)
+    retried = run_lockrun("check", key, url=url)
+    assert retried.returncode == 0 and retried.stdout.startswith("LOCKRUN OK"), retried.stdout
+    failing = ("-v", "-k", key, "--fire", "f2", "--retries", "1", "--retry-delay", "1s",
+               "--retry-anywhere", "--", "false")
+    assert on("srv-a", url, *failing).returncode == 1
+    tick_until_claimed("srv-c", url, failing)
+    failed = run_lockrun("check", key, "--json", url=url)
+    assert failed.returncode == 2 and json.loads(failed.stdout)["consecutive_failures"] == 1
