@@ -498,6 +498,8 @@ def logs(key: str, fire: str | None, last: bool, failed: bool, as_json: bool,
             raise NoRecord(f"no output {what}of {key} is kept {where}: it is kept only for "
                            "runs with --capture SIZE, for the --retention")
     attempts = read_output(adm.client, key, fire, adm.prefix)
+    if failed:  # a fire that failed, then succeeded on a retry: why it failed
+        attempts = [a for a in attempts if a.exit != 0 or a.outcome != "exited"]
     if not attempts:
         raise NoRecord(f"no output of {key} fire {fire} is kept {where}: it ran without "
                        "--capture, its record expired (--retention), or it never ran")

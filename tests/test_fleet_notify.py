@@ -87,8 +87,8 @@ def test_a_retry_notification_when_asked_for(redis_server: RedisServer, key: str
 
 
 @contextmanager
-def ping_server() -> Iterator[tuple[str, list[str]]]:
-    """A real HTTP server that records the path of every request."""
+def ping_server(bodies: list[bytes] | None = None) -> Iterator[tuple[str, list[str]]]:
+    """A real HTTP server that records the path of every request (and its body)."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     paths: list[str] = []
@@ -96,7 +96,9 @@ def ping_server() -> Iterator[tuple[str, list[str]]]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
-            self.rfile.read(length)
+            body = self.rfile.read(length)
+            if bodies is not None:
+                bodies.append(body)
             paths.append(self.path.split("?")[0])
             self.send_response(200)
             self.send_header("Content-Length", "0")
@@ -221,3 +223,31 @@ def test_ran_nowhere_is_told_once_by_the_server_that_records_it(
     [message] = sent(log)
     assert message["event"] == "ran-nowhere" and message["host"] == "srv-a"
     assert message["exit_code"] is None
+
+
+def test_the_failed_attempts_output_is_kept_told_and_readable_from_a_third_server(
+        redis_server: RedisServer, key: str, tmp_path: Path) -> None:
+    """--capture with a retry that moves: attempt 1's output (srv-a) is in its /log ping,
+    attempt 2's (srv-b) in the final ping, and srv-c reads either with lockrun logs."""
+    url, log = redis_server.url, tmp_path / "sent"
+    bodies: list[bytes] = []
+    with ping_server(bodies) as (ping, paths):
+        args = ("-v", "-k", key, "--fire", "f1", "--retries", "1", "--retry-delay", "1s",
+                "--retry-anywhere", "--capture", "4k", "--ping-url", ping,
+                "--notify-on", "retry", *notify_cmd(log), "--", "sh", "-c",
+                'echo "output of $(hostname)"; [ "$(hostname)" = srv-b ]')
+        first = on("srv-a", url, *args)
+        assert first.returncode == 1 and first.stdout == "output of srv-a\n"
+        tick_until_claimed("srv-b", url, args)
+    assert paths == ["/ping/check/start", "/ping/check/log", "/ping/check/start",
+                     "/ping/check"]
+    assert bodies[1] == b"output of srv-a\n" and bodies[3] == b"output of srv-b\n"
+    [retry] = sent(log)
+    assert retry["event"] == "retry" and retry["output"] == "output of srv-a\n"
+    failed = on("srv-c", url, "logs", key, "--failed")
+    assert failed.returncode == 0, failed.stderr
+    assert "attempt 1 on srv-a" in failed.stdout and "output of srv-a" in failed.stdout
+    assert "srv-b" not in failed.stdout
+    both = on("srv-c", url, "logs", key, "--fire", "f1").stdout
+    assert both.index("attempt 1 on srv-a") < both.index("output of srv-a") \
+        < both.index("attempt 2 on srv-b") < both.index("output of srv-b")
