@@ -62,7 +62,8 @@ end
 # passes what it found (fleet_read 0), elsewhere the script reads it itself.
 #
 # With --retries (tracked 1) the try hash counts the fire's attempts that ended
-# and the hosts that failed them, and names the attempt now running. A fire
+# and the hosts that failed them, and names the attempt now running ('' when
+# none: HSET, not HDEL, so README's ACL user needs no new command). A fire
 # whose attempt failed is a retry ticket (state 'retry'): claimable by any
 # server once due, by a server that failed it only after one more delay
 # (unless elsewhere is 0). An attempt that started and left neither an end nor
@@ -90,12 +91,12 @@ end
 local done = tonumber(tr[1]) or 0
 local failed = tr[2] or ''
 local ticket = h[2] == 'retry'
-if not h[1] and not h[2] and tr[3] then
+if not h[1] and not h[2] and tr[3] and tr[3] ~= '' then
   -- the attempt named in the try hash crashed: count it, then it is a ticket due now
   done = done + 1
   if failed == '' then failed = tr[4] else failed = failed .. ',' .. tr[4] end
   redis.call('HSET', try_key, 'done', done, 'failed', failed)
-  redis.call('HDEL', try_key, 'running')
+  redis.call('HSET', try_key, 'running', '')
   redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'event', 'end', 'fire', fire,
     'owner', tr[3], 'host', tr[4], 'outcome', 'crashed', 'attempt', done,
     'found_by', host)
@@ -305,7 +306,7 @@ if h[1] == owner then
       if failed == '' then failed = host else failed = failed .. ',' .. host end
     end
     redis.call('HSET', try_key, 'done', tonumber(h[5]) or 1, 'failed', failed)
-    redis.call('HDEL', try_key, 'running')
+    redis.call('HSET', try_key, 'running', '')
     redis.call('PEXPIRE', try_key, retention_ms)
   end
   local state = 'done'
@@ -354,7 +355,7 @@ redis.call('DEL', fire_key)
 if redis.call('HGET', try_key, 'running') == owner then
   -- not an attempt that crashed: none started. A claimed retry given back is claimed
   -- again by the next tick (the try hash still counts the attempts before it).
-  redis.call('HDEL', try_key, 'running')
+  redis.call('HSET', try_key, 'running', '')
 end
 if guard == '1' and redis.call('HGET', guard_key, 'owner') == owner then
   redis.call('DEL', guard_key)

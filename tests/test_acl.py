@@ -20,6 +20,7 @@ from conftest import (
     run_lockrun,
     start_lockrun,
     wait_for,
+    wait_until,
 )
 
 pytestmark = pytest.mark.usefixtures("transport")  # each test over lockrun.resp and redis-py
@@ -148,9 +149,37 @@ def doctor(s: Setup) -> str | None:
     return problem
 
 
+def retries(s: Setup) -> str | None:
+    """A failed attempt leaves a ticket; a later tick claims the retry (the try hash)."""
+    args = ("-v", "-k", s.key, "--fire", "t1", "--retries", "1", "--retry-delay", "1s",
+            "--retry-anywhere", "--", "sh", "-c")
+    problem = _problem(s.lockrun(*args, "exit 3"), 3, None)
+    if problem is not None:
+        return problem
+    tries: list[subprocess.CompletedProcess[str]] = []
+
+    def claimed() -> bool:
+        tries.append(s.lockrun(*args, "exit 0"))
+        return "acquired" in tries[-1].stderr or tries[-1].returncode != 0
+
+    if not wait_until(claimed, 20):
+        return "the retry was never claimed"
+    return _problem(tries[-1], 0, None)
+
+
+def capture_logs(s: Setup) -> str | None:
+    """--capture stores the tail beside the fire; logs reads it back."""
+    problem = _problem(s.lockrun("-k", s.key, "--fire", "c1", "--capture", "4k", "--", "sh",
+                                 "-c", "echo kept-output; exit 2"), 2, None)
+    if problem is not None:
+        return problem
+    r = s.lockrun("logs", s.key, "--failed")
+    return _problem(r, 0, None) or (None if "kept-output" in r.stdout else r.stdout)
+
+
 FEATURES: list[Callable[[Setup], str | None]] = [
     run, skip, eval_fallback, wait_replicas, strict_replicas, too_late, overlap_skip, status,
-    history, unlock, doctor, renewal,
+    history, unlock, doctor, renewal, retries, capture_logs,
 ]
 """In an order where each feature's prerequisites come first (unlock needs f1 done)."""
 
