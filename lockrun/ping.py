@@ -7,7 +7,6 @@ decides what reaches stderr, and when).
 
 from __future__ import annotations
 
-import re
 import threading
 from dataclasses import dataclass
 
@@ -84,6 +83,8 @@ class Pinger:
 
 
 def hide_path(url: str) -> str:
-    """Ping URLs embed a secret check id; show only scheme and host in messages."""
-    match = re.match(r"([a-z]+://[^/]+)", url)
-    return f"{match.group(1)}/..." if match else "(url)"
+    """Ping URLs embed a secret check id (and may carry a user and password): show only
+    scheme and host in messages, as --notify-url's are shown."""
+    from lockrun.optiontable import hide_url_path
+
+    return hide_url_path(url)

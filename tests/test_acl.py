@@ -20,8 +20,8 @@ from conftest import (
     run_lockrun,
     start_lockrun,
     wait_for,
-    wait_until,
 )
+from redis_topologies import wait_until
 
 pytestmark = pytest.mark.usefixtures("transport")  # each test over lockrun.resp and redis-py
 

@@ -83,6 +83,11 @@ def test_a_failing_ping_never_changes_the_exit_code(redis_server: RedisServer, k
     assert r.returncode == 6
     assert "ping http://127.0.0.1:" in r.stderr and "/x" not in r.stderr  # check id hidden
     assert time.monotonic() - start < 30
+    with_user = dead.replace("http://", "http://hcuser:hcSECRET@")
+    r = run_lockrun("-k", key, "--fire", "f2", "--ping-url", with_user, "--", "true",
+                    url=redis_server.url)
+    assert r.returncode == 0 and "ping http://127.0.0.1:" in r.stderr
+    assert "hcSECRET" not in r.stderr and "hcuser" not in r.stderr
 
 
 def test_a_slow_ping_endpoint_is_bounded(redis_server: RedisServer, key: str) -> None:
