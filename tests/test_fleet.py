@@ -214,11 +214,25 @@ def test_the_same_fleet_against_sentinel_and_cluster(tmp_path: Path, topology: s
 
 
 def test_a_flaky_job_is_retried_elsewhere_and_succeeds_once(tmp_path: Path) -> None:
-    """The flaky mode: a job that fails with probability p on a third of the servers."""
-    with simulations(tmp_path, ("--mode", "flaky")) as done:
-        [(code, results)] = done
+    """The flaky mode: a job that fails with probability p on a third of the servers; and
+    beside it a job that fails everywhere, whose fires must stop after --retries + 1."""
+    with simulations(tmp_path, ("--mode", "flaky"),
+                     ("--mode", "flaky", "--servers", "4", "--flaky-fires", "3", "--flaky-p", "1",
+                      "--flaky-q", "1")) as done:
+        [(code, results), (failing_code, failing)] = done
     check_flaky(results["flaky"])
     assert (code, results["violations"]) == (0, 0)
+    broken = failing["flaky"]
+    assert {name: broken[name] for name in FLAKY_CHECKS} == dict.fromkeys(FLAKY_CHECKS, 0), \
+        broken["problems"]
+    assert broken["successes_per_fire"] == {"0": 3}
+    # three attempts; or, if the machine lagged past the grace, fewer, and the ticket
+    # ended by the first late tick
+    assert set(broken["attempts_per_fire"]) <= {"2", "3"}, broken["timeline"]
+    assert broken["exhausted"] >= 1 and broken["exhausted"] + broken["ended_by_grace"] == 3
+    # (a retry may stay on a failed host once the others' turn is over: the machine lagged)
+    assert broken["retries_moved"] >= 1, broken["timeline"]
+    assert (failing_code, failing["violations"]) == (0, 0)
 
 
 def test_the_checks_fail_on_a_fleet_that_runs_fires_twice(tmp_path: Path) -> None:

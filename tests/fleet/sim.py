@@ -1386,15 +1386,15 @@ def _check_flaky_fire(res: FlakyResult, fid: str, attempts: list[Attempt],
                 problem(f"attempt {i + 1} on {host}, which had failed the fire, claimed "
                         f"{prefer - ms} ms before the other servers' turn was over")
             res.retries_stayed += 1
-            move = "stayed"
+            move = "stayed on"
         else:
             res.retries_moved += 1
             if host in bad:
                 res.retries_moved_bad += 1
             else:
                 res.retries_moved_healthy += 1
-            move = "moved"
-        steps.append(f"{move} to {tag} {ms - due:+d} ms after due, {outcome}")
+            move = "moved to"
+        steps.append(f"{move} {tag} {ms - due:+d} ms after due, {outcome}")
     reason = record.get("reason", "")
     if attempts and attempts[-1].exit == 0:
         if len(attempts) == 1:
