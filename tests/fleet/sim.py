@@ -8,10 +8,14 @@ process per server per fire (each with its own hostname and a faked wall
 clock) against a private redis-server. It counts the runs of every fire,
 injects the faults the README discusses, and writes a Markdown report. It exits
 non-zero when a fire ran twice or not at all outside a documented case, so CI
-can run its short form (``tests/test_fleet.py``).
+can run its short form (``tests/test_fleet.py``). Its flaky mode runs a job
+that fails often on some servers with ``--retries``, and checks that the
+retries move to other servers, start only when due, never overlap, and that
+no fire succeeds twice.
 
     python tests/fleet/sim.py [--servers N] [--fires N] [--fault-fires N] [--seed N]
-                              [--mode default|schedule|faults|all] [--short]
+                              [--mode default|schedule|faults|flaky|all] [--short]
+                              [--flaky-fires N] [--flaky-p P] [--flaky-q Q]
                               [--report FILE] [--json FILE]
 """
 
@@ -1057,21 +1061,22 @@ class Attempt:
 
 
 def read_attempts(log: Path) -> list[Attempt]:
-    """The job's log as attempts, in the order they started; an end pairs by its pid."""
+    """The job's log as attempts, in the order they started; an end pairs by fire and pid."""
     try:
         text = log.read_text()
     except FileNotFoundError:
         return []
-    starts: dict[int, Attempt] = {}
+    starts: dict[tuple[str, int], Attempt] = {}
     for line in text.splitlines():
         parts = line.split()
         if len(parts) == 7 and parts[0] == "start":
-            starts[int(parts[5])] = Attempt(parts[1], parts[2], parts[3], int(parts[4] or 0),
-                                            int(parts[5]), float(parts[6]))
-        elif len(parts) == 8 and parts[0] == "end" and int(parts[5]) in starts:
-            a = starts[int(parts[5])]
-            starts[a.pid] = Attempt(a.fire, a.lockrun_fire, a.server, a.fence, a.pid, a.start,
-                                    float(parts[6]), int(parts[7]))
+            starts[(parts[1], int(parts[5]))] = Attempt(
+                parts[1], parts[2], parts[3], int(parts[4] or 0), int(parts[5]),
+                float(parts[6]))
+        elif len(parts) == 8 and parts[0] == "end" and (parts[1], int(parts[5])) in starts:
+            a = starts[(parts[1], int(parts[5]))]
+            starts[(a.fire, a.pid)] = Attempt(a.fire, a.lockrun_fire, a.server, a.fence, a.pid,
+                                              a.start, float(parts[6]), int(parts[7]))
     return sorted(starts.values(), key=lambda a: a.start)
 
 
