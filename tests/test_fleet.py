@@ -4,9 +4,11 @@
 against a private Redis; here CI runs its short form and checks what it
 counted. The three parts (default mode, --schedule mode, faults) run as three
 concurrent sims: the faults mostly wait on sleeps and ttls, so overlapping them
-with the CPU-bound clean modes keeps the test well inside two minutes. A second
-test breaks the fleet on purpose (every server its own fire id) to prove that
-these checks, and the sim's exit status, do catch duplicates.
+with the CPU-bound clean modes keeps the test well inside two minutes. The flaky
+mode (a job that fails often on some servers, run with --retries) runs on its own,
+because its retries are timed against the ticks and want the CPU. A last test
+breaks the fleet on purpose (every server its own fire id) to prove that these
+checks, and the sim's exit status, do catch duplicates and overlapping attempts.
 """
 
 from __future__ import annotations
@@ -151,6 +153,34 @@ def check_faults(faults: Results) -> None:
     assert not any("lost the lease" in line for line in faults["6"]["stderr_lines"])
 
 
+FLAKY_CHECKS = ("double_successes", "overlaps", "too_many_attempts", "left_open", "ran_nowhere",
+                "before_due", "within_preference", "log_history_mismatches",
+                "record_mismatches", "exit_mismatches", "hung")
+
+
+def check_flaky(flaky: Results) -> None:
+    """Retries moved to healthy servers and succeeded there; never a fire that succeeded
+    twice, never two attempts at once, never a retry before its time."""
+    assert flaky["fires"] > 0
+    assert {name: flaky[name] for name in FLAKY_CHECKS} == dict.fromkeys(FLAKY_CHECKS, 0), \
+        flaky["problems"]
+    assert set(flaky["successes_per_fire"]) <= {"0", "1"}, flaky["problems"]
+    assert sum(flaky["successes_per_fire"].values()) == flaky["fires"]
+    assert flaky["successes_per_fire"].get("1", 0) == (flaky["first_try_success"]
+                                                       + flaky["success_after_retry"])
+    assert flaky["retries"] == flaky["attempts"] - flaky["fires"]
+    assert flaky["retries"] == flaky["retries_moved"] + flaky["retries_stayed"]
+    assert flaky["retries_moved_healthy"] >= 1, flaky["timeline"]
+    assert flaky["success_after_retry"] >= 1, flaky["timeline"]
+    assert all(lag >= -5 for lag in flaky["retry_lag_ms"]), flaky["retry_lag_ms"]
+    # lockrun passed each attempt's status through, and said nothing unexpected: the only
+    # error a fire may cause is its ticket ending past the grace, once
+    assert flaky["exit_codes"].get("3", 0) == flaky["failed_attempts"] > 0
+    assert all("no server started its retry" in line for line in flaky["stderr_lines"]), \
+        flaky["stderr_lines"]
+    assert flaky["stderr_total"] == flaky["ended_by_grace"]
+
+
 def test_fleet_runs_each_fire_once_and_reports_data_loss(tmp_path: Path) -> None:
     with simulations(tmp_path, ("--mode", "faults"), ("--mode", "default"),
                      ("--mode", "schedule")) as done:
@@ -183,13 +213,44 @@ def test_the_same_fleet_against_sentinel_and_cluster(tmp_path: Path, topology: s
     assert [default_code, faults_code] == [0, 0]
 
 
+def test_a_flaky_job_is_retried_elsewhere_and_succeeds_once(tmp_path: Path) -> None:
+    """The flaky mode: a job that fails with probability p on a third of the servers; and
+    beside it a job that fails everywhere, whose fires must stop after --retries + 1."""
+    with simulations(tmp_path, ("--mode", "flaky"),
+                     ("--mode", "flaky", "--servers", "4", "--flaky-fires", "3", "--flaky-p", "1",
+                      "--flaky-q", "1")) as done:
+        [(code, results), (failing_code, failing)] = done
+    check_flaky(results["flaky"])
+    assert (code, results["violations"]) == (0, 0)
+    broken = failing["flaky"]
+    assert {name: broken[name] for name in FLAKY_CHECKS} == dict.fromkeys(FLAKY_CHECKS, 0), \
+        broken["problems"]
+    assert broken["successes_per_fire"] == {"0": 3}
+    # three attempts; or, if the machine lagged past the grace, fewer, and the ticket
+    # ended by the first late tick
+    assert set(broken["attempts_per_fire"]) <= {"2", "3"}, broken["timeline"]
+    assert broken["exhausted"] >= 1 and broken["exhausted"] + broken["ended_by_grace"] == 3
+    # (a retry may stay on a failed host once the others' turn is over: the machine lagged)
+    assert broken["retries_moved"] >= 1, broken["timeline"]
+    assert (failing_code, failing["violations"]) == (0, 0)
+
+
 def test_the_checks_fail_on_a_fleet_that_runs_fires_twice(tmp_path: Path) -> None:
     """Every server with its own fire id: each fire runs on every server, and we must see it."""
     with simulations(tmp_path, ("--mode", "default", "--servers", "3", "--fires", "2",
-                                "--sabotage", "fire-per-server")) as done:
-        [(code, results)] = done
+                                "--sabotage", "fire-per-server"),
+                     ("--mode", "flaky", "--servers", "3", "--flaky-fires", "2",
+                      "--flaky-p", "0", "--flaky-q", "0", "--sabotage", "fire-per-server")) as done:
+        [(code, results), (flaky_code, flaky_results)] = done
     mode = results["modes"]["default"]
     assert (mode["runs"], mode["duplicates"]) == (6, 2)
     assert (code, results["violations"]) == (1, mode["violations"])
     with pytest.raises(AssertionError):
         check_clean(mode)
+    # the flaky mode's checks: three successes per fire, all at once (the job sleeps)
+    flaky = flaky_results["flaky"]
+    assert flaky["successes_per_fire"] == {"3": 2}
+    assert flaky["double_successes"] == 2 and flaky["overlaps"] >= 1, flaky["problems"]
+    assert (flaky_code, flaky_results["violations"]) == (1, flaky["violations"])
+    with pytest.raises(AssertionError):
+        check_flaky(flaky)

@@ -8,10 +8,14 @@ process per server per fire (each with its own hostname and a faked wall
 clock) against a private redis-server. It counts the runs of every fire,
 injects the faults the README discusses, and writes a Markdown report. It exits
 non-zero when a fire ran twice or not at all outside a documented case, so CI
-can run its short form (``tests/test_fleet.py``).
+can run its short form (``tests/test_fleet.py``). Its flaky mode runs a job
+that fails often on some servers with ``--retries``, and checks that the
+retries move to other servers, start only when due, never overlap, and that
+no fire succeeds twice.
 
     python tests/fleet/sim.py [--servers N] [--fires N] [--fault-fires N] [--seed N]
-                              [--mode default|schedule|faults|all] [--short]
+                              [--mode default|schedule|faults|flaky|all] [--short]
+                              [--flaky-fires N] [--flaky-p P] [--flaky-q Q]
                               [--report FILE] [--json FILE]
 """
 
@@ -35,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -92,11 +96,11 @@ def faketime_spec(epoch: float) -> str:
     return "@" + datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = POLL_S) -> bool:
     """Poll with a deadline; never a fixed sleep as synchronisation."""
     from redis_topologies import wait_until as poll
 
-    return poll(predicate, timeout, POLL_S)
+    return poll(predicate, timeout, interval)
 
 
 def pace_until(target: float) -> None:
@@ -309,7 +313,8 @@ class Fleet:
         self.spawned = 0
 
     def spawn(self, start: Start, clock: float, args: Sequence[str], url: str, log: Path,
-              role: str, job_sleep: float = 0.0) -> Proc:
+              role: str, job_sleep: float = 0.0, job: str = JOB,
+              extra_env: Mapping[str, str] | None = None) -> Proc:
         """Start lockrun now, its wall clock reading *clock*."""
         env = dict(self.base_env)
         # each simulated server keeps its own lockrun state, as real servers do
@@ -317,7 +322,8 @@ class Fleet:
                    LOCKRUN_STATE_DIR=str(self.workdir / "state" / start.server.name),
                    SIM_SERVER=start.server.name, SIM_RUNS_LOG=str(log),
                    SIM_JOB_SLEEP=f"{job_sleep:g}")
-        cmd = [str(self.lockrun), "--max-skew", "0", *args, "--", "sh", "-c", JOB]
+        env.update(extra_env or {})
+        cmd = [str(self.lockrun), "--max-skew", "0", *args, "--", "sh", "-c", job]
         if self.uts:
             cmd = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"',
                    start.server.name, *cmd]
@@ -334,7 +340,8 @@ class Fleet:
 
     def launch(self, starts: Sequence[Start], clock_of: Callable[[Start], float],
                args: Sequence[str], url: str, log: Path, role: str,
-               job_sleep: float = 0.0) -> list[Proc]:
+               job_sleep: float = 0.0, job: str = JOB,
+               env_of: Callable[[Start], Mapping[str, str]] | None = None) -> list[Proc]:
         """Start these servers in the order of their true start, compressed in real time."""
         order = sorted(starts, key=lambda s: s.true_offset)
         if not order:
@@ -343,7 +350,8 @@ class Fleet:
         procs = []
         for s in order:
             pace_until(t0 + (s.true_offset - first) * self.scale)
-            procs.append(self.spawn(s, clock_of(s), args, url, log, role, job_sleep))
+            procs.append(self.spawn(s, clock_of(s), args, url, log, role, job_sleep, job,
+                                    env_of(s) if env_of is not None else None))
         return procs
 
     def collect(self, procs: Iterable[Proc], timeout: float = FIRE_DEADLINE_S) -> list[Outcome]:
@@ -1004,6 +1012,413 @@ def _fault_outcome(res: FaultResult) -> str:
     return "guarantee held"
 
 
+# --------------------------------------------------------------------------- flaky job
+
+FLAKY_SCHEDULE = "*/10 * * * *"
+FLAKY_GRACE_S = 300
+FLAKY_TICKS = 5
+"""Crontab ticks of one fire inside its grace: the slot's minutes 0-4."""
+FLAKY_LATE_TICKS = 5
+"""Ticks after the grace (minutes 5-9 of the slot), made only while the fire is still open:
+the first of them ends a retry ticket that nobody claimed in time."""
+FLAKY_DELAY_S = 20.0
+"""Start delay of a tick: cron starts every line of a minute within a few seconds; with
+d < 20s, tick 4 (at 240 + d) is still inside the 300s grace."""
+FLAKY_RETRIES = 2
+FLAKY_EXIT = 3
+FLAKY_JOB_S = 0.3
+FLAKY_P = 0.7
+FLAKY_Q = 0.1
+FLAKY_TICK_S = 1.0
+CLAIM_TOLERANCE_MS = 5
+"""A history event's stream id is stamped by Redis in the same script as the TIME the
+script compared; a few ms of slack keeps the due/preference checks free of rounding."""
+JOB_FLAKY = (
+    'read up _ < /proc/uptime; '
+    'echo "start $SIM_FIRE $LOCKRUN_FIRE $SIM_SERVER $LOCKRUN_FENCE $$ $up" >> "$SIM_RUNS_LOG"; '
+    'sleep "$SIM_JOB_SLEEP"; read up _ < /proc/uptime; '
+    'echo "end $SIM_FIRE $LOCKRUN_FIRE $SIM_SERVER $LOCKRUN_FENCE $$ $up $SIM_EXIT" '
+    '>> "$SIM_RUNS_LOG"; exit "$SIM_EXIT"')
+"""The flaky job: a start line and an end line (with its exit status) per attempt, each
+stamped with /proc/uptime, which libfaketime does not fake: a monotonic clock common to all
+servers (10 ms resolution), so two attempts of one fire can be checked for overlap. The
+exit status was drawn by the script before lockrun started (SIM_EXIT); SIM_FIRE is the fire
+the script meant, LOCKRUN_FIRE the one lockrun says it ran."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt as the job logged it (end and exit None: it never logged its end)."""
+
+    fire: str
+    lockrun_fire: str
+    server: str
+    fence: int
+    pid: int
+    start: float
+    end: float | None = None
+    exit: int | None = None
+
+
+def read_attempts(log: Path) -> list[Attempt]:
+    """The job's log as attempts, in the order they started; an end pairs by fire and pid."""
+    try:
+        text = log.read_text()
+    except FileNotFoundError:
+        return []
+    starts: dict[tuple[str, int], Attempt] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 7 and parts[0] == "start":
+            starts[(parts[1], int(parts[5]))] = Attempt(
+                parts[1], parts[2], parts[3], int(parts[4] or 0), int(parts[5]),
+                float(parts[6]))
+        elif len(parts) == 8 and parts[0] == "end" and (parts[1], int(parts[5])) in starts:
+            a = starts[(parts[1], int(parts[5]))]
+            starts[(a.fire, a.pid)] = Attempt(a.fire, a.lockrun_fire, a.server, a.fence, a.pid,
+                                              a.start, float(parts[6]), int(parts[7]))
+    return sorted(starts.values(), key=lambda a: a.start)
+
+
+@dataclass
+class FlakyResult:
+    servers: int
+    fires: int
+    lockrun_args: str
+    bad_hosts: list[str]
+    p: float
+    q: float
+    tick_s: float
+    retry_delay_ms: int
+    job_s: float
+    processes: int = 0
+    ticks: int = 0
+    late_ticks: int = 0
+    attempts: int = 0
+    attempts_per_fire: dict[str, int] = field(default_factory=dict)
+    failed_attempts: int = 0
+    retries: int = 0
+    retries_moved: int = 0
+    """Retries claimed by a host that had not failed the fire."""
+    retries_moved_healthy: int = 0
+    retries_moved_bad: int = 0
+    """Moved, but to another of the bad hosts (one that had not failed this fire yet)."""
+    retries_stayed: int = 0
+    """Retries claimed by a host that had failed the fire, after the preference window."""
+    first_try_success: int = 0
+    success_after_retry: int = 0
+    exhausted: int = 0
+    ended_by_grace: int = 0
+    other_end: int = 0
+    successes_per_fire: dict[str, int] = field(default_factory=dict)
+    retry_lag_ms: list[int] = field(default_factory=list)
+    """Per retry: its claim (Redis time) minus the ticket's due time."""
+    # violations
+    double_successes: int = 0
+    overlaps: int = 0
+    too_many_attempts: int = 0
+    left_open: int = 0
+    ran_nowhere: int = 0
+    before_due: int = 0
+    within_preference: int = 0
+    log_history_mismatches: int = 0
+    record_mismatches: int = 0
+    exit_mismatches: int = 0
+    hung: int = 0
+    exit_codes: dict[str, int] = field(default_factory=dict)
+    stderr_lines: dict[str, int] = field(default_factory=dict)
+    stderr_total: int = 0
+    """Lines other than -v's info lines: warnings, errors, anything unexpected."""
+    verbose_lines: dict[str, int] = field(default_factory=dict)
+    deferred: int = 0
+    """Ticks at which a host that had failed the fire found its ticket due and left it to
+    the others (the preference window)."""
+    wall_s: float = 0.0
+    timeline: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def violations(self) -> int:
+        return (self.double_successes + self.overlaps + self.too_many_attempts + self.left_open
+                + self.ran_nowhere + self.before_due + self.within_preference
+                + self.log_history_mismatches + self.record_mismatches + self.exit_mismatches
+                + self.hung)
+
+
+def bad_hosts(servers: Sequence[Server]) -> set[str]:
+    """Every third server in the order they arrive, starting with the earliest.
+
+    Arrival order is mostly the clock skew (a clock ahead starts its cron line
+    first), so the server that takes most first attempts is a bad one, and the
+    servers arriving right after it are healthy: the retry has somewhere to go,
+    and the failed host, which also arrives first at the retry's tick, must defer.
+    """
+    ranked = sorted(servers, key=lambda s: -s.skew)
+    return {s.name for s in ranked[::3]}
+
+
+def read_history(client: Any, key: str, after: str) -> tuple[list[tuple[int, dict[str, str]]],
+                                                             str]:
+    """History events after stream id *after*: (Redis ms of the event, fields), new last id."""
+    raw = client.xrange(f"lockrun:{{{key}}}:hist", min=f"({after}", max="+") or []
+    events = [(int(str(i).split("-")[0]), {str(k): str(v) for k, v in f.items()})
+              for i, f in raw]
+    return events, (str(raw[-1][0]) if raw else after)
+
+
+def flaky_mode(opts: Options, fleet: Fleet) -> FlakyResult:
+    """One flaky job, fire after fire; every server ticks each (virtual) minute until the fire
+    is done, as a crontab that ticks more often than the schedule does."""
+    rng = random.Random(f"{opts.seed}:flaky")
+    bad = bad_hosts(fleet.servers)
+    delay_ms = round(opts.flaky_tick * 1000 / 2)
+    retry = ["--retries", str(FLAKY_RETRIES), "--retry-delay", f"{delay_ms}ms", "--ttl",
+             CLEAN_TTL]
+    args = ["-v", "--log-format", "json", "-k", KEY, "--schedule", FLAKY_SCHEDULE, "--tz",
+            "UTC", "--grace", f"{FLAKY_GRACE_S // 60}m", *retry]
+    # self-check: each server its own fire id, so every server runs every fire
+    broken = ["-v", "--log-format", "json", "-k", KEY, "--overlap", "allow", *retry]
+    workdir = fleet.workdir / "flaky"
+    log = workdir / "runs.log"
+    server = start_topology(opts, workdir / "redis", persistent=False)
+    shown = [*broken, "--fire", "FIRE.SERVER"] if opts.sabotage else args
+    result = FlakyResult(len(fleet.servers), opts.flaky_fires,
+                         " ".join(shlex.quote(a) for a in shown),
+                         sorted(bad), opts.flaky_p, opts.flaky_q, opts.flaky_tick, delay_ms,
+                         FLAKY_JOB_S)
+    codes: Counter[str] = Counter()
+    lines: Counter[str] = Counter()
+    verbose: Counter[str] = Counter()
+    per_fire: Counter[str] = Counter()
+    successes: Counter[str] = Counter()
+    started = time.monotonic()
+    try:
+        client = server.client()
+        last_id = "0-0"
+        for k in range(opts.flaky_fires):
+            at = T0 + 600 * k  # one */10 slot per fire
+            fid = fire_id(at)
+            fire_key = f"lockrun:{{{KEY}}}:fire:{fid}"
+            procs: list[Proc] = []
+            t0 = time.monotonic()
+
+            def done(fire_key: str = fire_key) -> bool:
+                return bool(client.hget(fire_key, "state") == "done")
+
+            for j in range(FLAKY_TICKS + FLAKY_LATE_TICKS):
+                # a done record is final: no later tick can start the fire again
+                if j and wait_until(done, t0 + j * opts.flaky_tick - time.monotonic(), 0.02):
+                    break
+                starts = [Start(s, rng.uniform(0, FLAKY_DELAY_S)) for s in fleet.servers]
+                exits = {s.server.name: FLAKY_EXIT if rng.random() < (
+                    opts.flaky_p if s.server.name in bad else opts.flaky_q) else 0
+                    for s in starts}
+
+                def clock(s: Start, j: int = j, at: float = at) -> float:
+                    return at + 60 * j + s.delay
+
+                def env(s: Start, exits: dict[str, int] = exits,
+                        fid: str = fid) -> dict[str, str]:
+                    return {"SIM_EXIT": str(exits[s.server.name]), "SIM_FIRE": fid}
+
+                if opts.sabotage == "fire-per-server":
+                    procs += [fleet.spawn(s, clock(s), [*broken, "--fire",
+                                                        f"{fid}.{s.server.name}"],
+                                          server.url, log, f"tick {j}", FLAKY_JOB_S,
+                                          JOB_FLAKY, env(s)) for s in starts]
+                else:
+                    procs += fleet.launch(starts, clock, args, server.url, log, f"tick {j}",
+                                          FLAKY_JOB_S, JOB_FLAKY, env)
+                result.ticks += 1
+                result.late_ticks += j >= FLAKY_TICKS
+            outs = fleet.collect(procs)
+            result.processes += len(outs)
+            for o in outs:
+                codes[code_name(o.code)] += 1
+                result.hung += o.code is None
+                for ln in o.stderr:
+                    info, text = _said(ln)
+                    if info:
+                        verbose[text] += 1
+                    else:
+                        lines[normalise(text, fleet.workdir)] += 1
+            attempts = [a for a in read_attempts(log) if a.fire == fid]
+            fleet.job_pids.update(a.pid for a in attempts)
+            events, last_id = read_history(client, KEY, last_id)
+            record = dict(client.hgetall(fire_key))
+            _check_flaky_fire(result, fid, attempts, [e for e in events if
+                                                       e[1].get("fire") == fid],
+                              record, outs, bad, delay_ms)
+            per_fire[str(len(attempts))] += 1
+            successes[str(sum(a.exit == 0 for a in attempts))] += 1
+            if (k + 1) % 10 == 0 or k + 1 == opts.flaky_fires:
+                print(f"sim: flaky: {k + 1}/{opts.flaky_fires} fires, {result.attempts} "
+                      f"attempts, {result.retries_moved}/{result.retries} retries moved, "
+                      f"{result.violations} violations, {time.monotonic() - started:.0f}s",
+                      file=sys.stderr, flush=True)
+    finally:
+        server.stop()
+        fleet.cleanup()
+    result.wall_s = time.monotonic() - started
+    result.attempts_per_fire = dict(sorted(per_fire.items()))
+    result.successes_per_fire = dict(sorted(successes.items()))
+    result.exit_codes = dict(codes.most_common())
+    result.stderr_lines = dict(lines.most_common())
+    result.stderr_total = sum(lines.values())
+    result.verbose_lines = dict(verbose.most_common())
+    result.deferred = verbose[VERBOSE_KINDS["its retry is left to another server"]]
+    return result
+
+
+VERBOSE_KINDS = {
+    "acquired ": "acquired the fire (an attempt starts)",
+    "a later tick of any server may retry it": "attempt failed, left a retry ticket",
+    "its retry is due at": "skipped: the ticket is not due yet",
+    "its retry is left to another server": "skipped: failed here, left the retry to others "
+                                           "(the preference)",
+    "already done by": "skipped: the fire is done",
+    "held by": "skipped: an attempt is running",
+    "too late": "skipped: past the grace",
+}
+
+
+def _said(line: str) -> tuple[bool, str]:
+    """(True, its kind) for an info line of lockrun -v (JSON lines); (False, the line) for
+    anything else (a warning, an error, a traceback), which the report lists in full."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False, line
+    if not isinstance(record, dict):
+        return False, line
+    msg = str(record.get("msg", ""))
+    if record.get("level") != "info":
+        return False, f"{record.get('level')}: {msg}"
+    return True, next((kind for text, kind in VERBOSE_KINDS.items() if text in msg),
+                      "other: " + re.sub(r"\d", "N", msg))
+
+
+def _check_flaky_fire(res: FlakyResult, fid: str, attempts: list[Attempt],
+                      events: list[tuple[int, dict[str, str]]], record: dict[str, str],
+                      outs: list[Outcome], bad: set[str], delay_ms: int) -> None:
+    """Count one fire's attempts from the job's log and from the history, and check them."""
+    def problem(text: str) -> None:
+        _problem(res.problems, f"fire {fid}: {text}")
+
+    res.attempts += len(attempts)
+    failed = [a for a in attempts if a.exit != 0]
+    res.failed_attempts += len(failed)
+    wins = [a for a in attempts if a.exit == 0]
+    if len(wins) > 1:
+        res.double_successes += 1
+        problem("succeeded " + str(len(wins)) + " times: "
+                + ", ".join(f"{a.server} (fence {a.fence})" for a in wins))
+    for i, a in enumerate(attempts):
+        later = [b for b in attempts[i + 1:] if a.end is None or b.start < a.end]
+        if later:
+            res.overlaps += 1
+            problem(f"attempt on {a.server} [{a.start:.2f}, {a.end}] overlaps "
+                    + ", ".join(f"{b.server} from {b.start:.2f}" for b in later))
+            break
+    if len(attempts) > FLAKY_RETRIES + 1:
+        res.too_many_attempts += 1
+        problem(f"{len(attempts)} attempts with --retries {FLAKY_RETRIES}")
+    if not attempts:
+        res.ran_nowhere += 1
+        problem(f"no attempt; record {record}")
+    # the history: one start and one end per attempt, the same hosts, fences and exits
+    starts = [(ms, e) for ms, e in events if e.get("event") == "start"]
+    ends = {e.get("fence", ""): (ms, e) for ms, e in events if e.get("event") == "end"}
+    logged = [(str(a.fence), a.server) for a in attempts]
+    wrong = [a for a in attempts if a.lockrun_fire != fid]
+    if wrong:
+        res.log_history_mismatches += 1
+        problem(f"lockrun ran {', '.join(sorted({a.lockrun_fire for a in wrong}))}")
+    if [(e.get("fence", ""), e.get("host", "")) for _, e in starts] != logged \
+            or [e.get("attempt") for _, e in starts] != [str(i + 1) for i in range(len(starts))]:
+        res.log_history_mismatches += 1
+        problem(f"job log {logged} but history starts "
+                f"{[(e.get('fence'), e.get('host'), e.get('attempt')) for _, e in starts]}")
+    for a in attempts:
+        end = ends.get(str(a.fence))
+        if a.end is None or end is None:
+            res.left_open += 1
+            problem(f"attempt on {a.server} (fence {a.fence}) has no end in the "
+                    + ("job's log" if a.end is None else "history"))
+        elif end[1].get("exit") != str(a.exit):
+            res.log_history_mismatches += 1
+            problem(f"attempt on {a.server} exited {a.exit}, history says {end[1]}")
+    if record.get("state") != "done":
+        res.left_open += 1
+        problem(f"left as {record.get('state')!r}: {record}")
+    elif attempts and (record.get("exit") != str(attempts[-1].exit)
+                       or record.get("attempt") != str(len(attempts))):
+        res.record_mismatches += 1
+        problem(f"done record {record} does not match the last attempt {attempts[-1]}")
+    # lockrun passes the attempt's status through; every other tick skips with 0
+    codes = Counter(o.code for o in outs)
+    if codes[FLAKY_EXIT] != len(failed) or codes[0] != len(outs) - len(failed):
+        res.exit_mismatches += 1
+        problem(f"{len(failed)} failed attempts but lockrun exit codes {dict(codes)}")
+    # the retries: due, preferring the hosts that have not failed the fire
+    steps = []
+    for i, (ms, e) in enumerate(starts):
+        host = e.get("host", "")
+        tag = f"{host}{'*' if host in bad else ''}"
+        end = ends.get(e.get("fence", ""))
+        outcome = (f"exit {end[1].get('exit')}" if end else "no end")
+        if i == 0:
+            steps.append(f"{tag} {outcome}")
+            continue
+        prev = ends.get(starts[i - 1][1].get("fence", ""))
+        due_text = prev[1].get("retry_due_ms", "") if prev else ""
+        if not due_text:
+            res.log_history_mismatches += 1
+            problem(f"attempt {i + 1} on {host} started, but attempt {i} left no ticket")
+            continue
+        due = int(due_text)
+        prefer = due + delay_ms
+        failed_hosts = {s[1].get("host") for s in starts[:i]
+                        if (x := ends.get(s[1].get("fence", ""))) and x[1].get("exit") != "0"}
+        res.retries += 1
+        res.retry_lag_ms.append(ms - due)
+        if ms + CLAIM_TOLERANCE_MS < due:
+            res.before_due += 1
+            problem(f"attempt {i + 1} on {host} claimed {due - ms} ms before its ticket was due")
+        if host in failed_hosts:
+            if ms + CLAIM_TOLERANCE_MS < prefer:
+                res.within_preference += 1
+                problem(f"attempt {i + 1} on {host}, which had failed the fire, claimed "
+                        f"{prefer - ms} ms before the other servers' turn was over")
+            res.retries_stayed += 1
+            move = "stayed on"
+        else:
+            res.retries_moved += 1
+            if host in bad:
+                res.retries_moved_bad += 1
+            else:
+                res.retries_moved_healthy += 1
+            move = "moved to"
+        steps.append(f"{move} {tag} {ms - due:+d} ms after due, {outcome}")
+    reason = record.get("reason", "")
+    if attempts and attempts[-1].exit == 0:
+        if len(attempts) == 1:
+            res.first_try_success += 1
+        else:
+            res.success_after_retry += 1
+    elif attempts and reason == "retry-too-late":
+        res.ended_by_grace += 1
+        steps.append("ticket ended after the grace (retry-too-late)")
+    elif len(attempts) == FLAKY_RETRIES + 1:
+        res.exhausted += 1
+        steps.append("retries exhausted")
+    elif attempts:
+        res.other_end += 1
+        steps.append(f"ended: {record}")
+    if len(attempts) > 1 and len(res.timeline) < 60:
+        res.timeline.append(f"{fid}: " + " → ".join(steps))
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -1023,6 +1438,10 @@ class Options:
     workdir: Path | None
     topology: str = "single"
     faults: tuple[str, ...] = ()
+    flaky_fires: int = 100
+    flaky_p: float = FLAKY_P
+    flaky_q: float = FLAKY_Q
+    flaky_tick: float = FLAKY_TICK_S
 
 
 def lockrun_source(lockrun: Path) -> str:
@@ -1085,6 +1504,11 @@ def command_line(opts: Options) -> str:
               "--fault-fires", str(opts.fault_fires), "--seed", str(opts.seed)]
     if opts.ms_per_vsec != MS_PER_VSEC:
         parts += ["--ms-per-vsec", f"{opts.ms_per_vsec:g}"]
+    if opts.mode in ("flaky", "all"):
+        parts += ["--flaky-fires", str(opts.flaky_fires), "--flaky-p", f"{opts.flaky_p:g}",
+                  "--flaky-q", f"{opts.flaky_q:g}"]
+        if opts.flaky_tick != max(FLAKY_TICK_S, opts.servers / 10):
+            parts += ["--flaky-tick", f"{opts.flaky_tick:g}"]
     if opts.sabotage:
         parts += ["--sabotage", opts.sabotage]
     if opts.report:
@@ -1109,7 +1533,8 @@ def _stderr_block(lines: dict[str, int]) -> list[str]:
 
 
 def render(opts: Options, info: dict[str, str], uts: tuple[bool, str],
-           modes: list[ModeResult], faults: list[FaultResult], wall: float) -> str:
+           modes: list[ModeResult], faults: list[FaultResult], flaky: FlakyResult | None,
+           wall: float) -> str:
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     md = [
         "# lockrun fleet simulation",
@@ -1161,6 +1586,19 @@ def render(opts: Options, info: dict[str, str], uts: tuple[bool, str],
         "lockrun's exit status and stderr are recorded. After each clean fire the done record in "
         "Redis is checked against the run (state `done`, exit 0, same fence, host = the server "
         "that ran it).",
+    ]
+    if opts.mode != "flaky":
+        md += _render_clean(modes)
+        md += _render_faults(opts, faults)
+    if flaky is not None:
+        md += _render_flaky(flaky)
+    md += ["", "## Conclusion", ""]
+    md += conclusion(modes, faults, flaky)
+    return "\n".join(md) + "\n"
+
+
+def _render_clean(modes: list[ModeResult]) -> list[str]:
+    md = [
         "",
         "## Clean runs",
         "",
@@ -1195,7 +1633,11 @@ def render(opts: Options, info: dict[str, str], uts: tuple[bool, str],
     if modes and all(not m.record_mismatches and m.fences_increasing for m in modes):
         md += ["", "In every clean fire the done record matched its run, and the fencing "
                "tokens increased from fire to fire."]
-    md += ["", "## Faults", ""]
+    return md
+
+
+def _render_faults(opts: Options, faults: list[FaultResult]) -> list[str]:
+    md = ["", "## Faults", ""]
     if faults:
         md += [
             f"Each fault is injected into {opts.fault_fires} fire(s), on its own fresh Redis. "
@@ -1224,9 +1666,7 @@ def render(opts: Options, info: dict[str, str], uts: tuple[bool, str],
             md += [f"  - {n}" for n in f.notes]
     else:
         md.append("(not run)")
-    md += ["", "## Conclusion", ""]
-    md += conclusion(modes, faults)
-    return "\n".join(md) + "\n"
+    return md
 
 
 def _fault_metrics(f: FaultResult) -> list[str]:
@@ -1256,7 +1696,8 @@ def _fault_metrics(f: FaultResult) -> list[str]:
     return out
 
 
-def conclusion(modes: list[ModeResult], faults: list[FaultResult]) -> list[str]:
+def conclusion(modes: list[ModeResult], faults: list[FaultResult],
+               flaky: FlakyResult | None = None) -> list[str]:
     lines = []
     bad_modes = [m for m in modes if m.violations]
     if modes:
@@ -1294,10 +1735,134 @@ def conclusion(modes: list[ModeResult], faults: list[FaultResult]) -> list[str]:
                 + ": Redis forgot or expired a running claim, which the README lists as "
                 "outside the guarantee. In every such fire the first winner printed a "
                 "`lost the lease` line, so the duplicate did not go unnoticed.")
-    if not bad_modes and not any(f.violations for f in faults):
+    if (modes or faults) and not bad_modes and not any(f.violations for f in faults):
         lines.append("- Overall: at most one start per fire while Redis keeps its data; the "
                      "documented data-loss cases happen and lockrun reports them.")
+    if flaky is not None:
+        f = flaky
+        if f.violations:
+            lines.append(f"- **Flaky job: {f.violations} violation(s)**, listed in its "
+                         "section above.")
+        lines.append(
+            f"- Flaky job: {f.fires} fires, {f.attempts} attempts, {f.retries} retries; "
+            f"{f.retries_moved} of them moved to a server that had not failed the fire "
+            f"({f.retries_moved_healthy} to a healthy one), {f.retries_stayed} stayed; "
+            f"{f.success_after_retry} fires succeeded after a retry, {f.exhausted} exhausted "
+            f"their retries, {f.ended_by_grace} ran out of grace. At most "
+            f"{max((int(n) for n in f.successes_per_fire), default=0)} successful run per "
+            f"fire, {f.double_successes} fires succeeded twice, {f.overlaps} had overlapping "
+            "attempts.")
     return lines
+
+
+def _render_flaky(f: FlakyResult) -> list[str]:
+    lag = sorted(f.retry_lag_ms)
+    lag_text = (f"min {lag[0]:+d} ms, median {statistics.median(lag):+.0f} ms, max "
+                f"{lag[-1]:+d} ms" if lag else "no retry")
+    successes = max((int(n) for n in f.successes_per_fire), default=0)
+    md = [
+        "",
+        "## Flaky job: retries that move",
+        "",
+        f"- lockrun arguments: `{f.lockrun_args}`, on a fresh Redis.",
+        "- Every server's crontab ticks every minute (a line `* * * * *` with the schedule "
+        "given to lockrun), so one fire gets several ticks. Minutes 0-4 of a slot are inside "
+        f"the {FLAKY_GRACE_S // 60}m grace; each server starts lockrun at minute j plus a "
+        f"start delay drawn in [0, {FLAKY_DELAY_S:g}s] per tick, its clock reading that "
+        "(libfaketime). The script ticks until the fire's record is done; after the grace "
+        f"(minutes 5-{4 + FLAKY_LATE_TICKS}) only while the fire is still open, so the first "
+        "late tick ends a ticket nobody claimed in time (`retry-too-late`).",
+        f"- Time is compressed: a crontab minute is {f.tick_s:g}s of real time. The retry "
+        "delay is decided by Redis's clock, which is real, so it is given in the same "
+        f"compressed unit: `--retry-delay {f.retry_delay_ms}ms` is half a tick, as "
+        "`--retry-delay 30s` would be with a real crontab. A short job's ticket is then due "
+        "before the next tick, and until one more delay has passed only servers that have "
+        "not failed the fire may claim it, so the next tick normally falls in that window. "
+        "(The grace is measured by lockrun's faked clocks in virtual minutes, so a failure "
+        "at minute 4 still leaves a ticket due half a second later, which a real `30s` "
+        "delay would not: such tickets are the ones a late tick ends.) Lockrun's own start "
+        "(Python, about 0.1-0.3 s of real time) is not compressed: it stands for several "
+        "virtual seconds, and more on a loaded machine.",
+        f"- Bad hosts: {', '.join(f.bad_hosts)} ({len(f.bad_hosts)} of {f.servers}): every "
+        "third server in arrival order, starting with the one whose clock is furthest ahead "
+        "(it starts first at almost every tick, so it takes most first attempts, and it "
+        "also arrives first at the retry's tick, where it must let another server go "
+        f"first). The job fails (exit {FLAKY_EXIT}) with probability p = {f.p:g} on a bad "
+        f"host and q = {f.q:g} on any host; the script draws it for every lockrun process "
+        "before starting it (seeded, SIM_EXIT).",
+        f"- The job appends `start FIRE SERVER FENCE PID UPTIME` to its log, sleeps "
+        f"{f.job_s:g}s, appends `end ... UPTIME EXIT` and exits with its status. UPTIME is "
+        "`/proc/uptime`, which libfaketime does not fake: a monotonic clock shared by all "
+        "servers (10 ms resolution), used to check that no two attempts of a fire overlap.",
+        "- After each fire the script reads the fire's events from the history stream "
+        "(`start` and `end` carry the attempt, host and fence; an end that left a ticket "
+        "carries `retry_due_ms`), the done record and every lockrun's exit status, and "
+        "checks them against the job's log. A retry *moved* when the host that claimed it "
+        "had not failed this fire; it *stayed* otherwise, which is allowed only once the "
+        "preference window (due + one delay, Redis time) is over: the failed host then "
+        "arrived first at a tick after the window, because the machine lagged behind the "
+        "tick rate. The claim time is the Redis time of the `start` event's stream id.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| servers | {f.servers} |",
+        f"| fires | {f.fires} |",
+        f"| ticks (of which after the grace) | {f.ticks} ({f.late_ticks}) |",
+        f"| lockrun processes | {f.processes} |",
+        f"| exit codes | {_dist(f.exit_codes)} |",
+        f"| attempts (failed) | {f.attempts} ({f.failed_attempts}) |",
+        "| attempts per fire | " + ", ".join(f"{n}: {c} fires"
+                                           for n, c in f.attempts_per_fire.items()) + " |",
+        f"| retries | {f.retries} |",
+        f"| retries that moved to a server that had not failed the fire | {f.retries_moved} "
+        f"({f.retries_moved_healthy} to a healthy host, {f.retries_moved_bad} to another bad "
+        "host) |",
+        f"| retries that stayed on a host that had failed the fire | {f.retries_stayed} |",
+        f"| ticks at which a host that had failed the fire left its due retry to others | "
+        f"{f.deferred} |",
+        f"| retry claimed after its due time | {lag_text} |",
+        f"| fires that succeeded at the first attempt | {f.first_try_success} |",
+        f"| fires that succeeded after a retry | {f.success_after_retry} |",
+        f"| fires that exhausted their retries ({FLAKY_RETRIES + 1} failed attempts) | "
+        f"{f.exhausted} |",
+        f"| fires whose ticket ran out of grace (`retry-too-late`) | {f.ended_by_grace} |",
+        f"| fires that ended otherwise | {f.other_end} |",
+        "| successful runs per fire | " + ", ".join(
+            f"{n}: {c} fires" for n, c in f.successes_per_fire.items())
+        + f" (max {successes}) |",
+        f"| stderr lines other than `-v` info lines | {f.stderr_total} |",
+        f"| wall time | {f.wall_s / 60:.1f} min |",
+        "",
+        "Checks (each must be 0):",
+        "",
+        "| check | count |",
+        "|---|---|",
+        f"| fires that succeeded twice or more | {f.double_successes} |",
+        f"| fires with two attempts running at once (job log, monotonic) | {f.overlaps} |",
+        f"| fires with more than {FLAKY_RETRIES + 1} attempts | {f.too_many_attempts} |",
+        f"| fires left open (a ticket, or an attempt without an end) | {f.left_open} |",
+        f"| fires that ran nowhere | {f.ran_nowhere} |",
+        f"| retries claimed before their ticket was due | {f.before_due} |",
+        f"| retries taken by a host that had failed the fire before the others' turn was "
+        f"over | {f.within_preference} |",
+        f"| job log and history disagree (hosts, fences, attempts, exits) | "
+        f"{f.log_history_mismatches} |",
+        f"| done record does not match the last attempt | {f.record_mismatches} |",
+        f"| lockrun exit statuses do not match the attempts | {f.exit_mismatches} |",
+        f"| lockrun processes hung | {f.hung} |",
+    ]
+    if f.problems:
+        md += ["", "Problems:"] + [f"- {p}" for p in f.problems]
+    md += ["", "What the lockrun processes said (`-v --log-format json`; info lines by kind):",
+           ""]
+    md += [f"- {n} x {kind}" for kind, n in f.verbose_lines.items()]
+    md += ["", "Other stderr lines (warnings, errors, anything else), de-duplicated:", ""]
+    md += [f"- {n} x `{text}`" for text, n in f.stderr_lines.items()] or ["- none"]
+    if f.timeline:
+        md += ["", f"Fires with retries (the first {len(f.timeline)}; `*` marks a bad host):",
+               ""]
+        md += [f"- {t}" for t in f.timeline]
+    return md
 
 
 # --------------------------------------------------------------------------- main
@@ -1308,7 +1873,8 @@ def parse(argv: Sequence[str] | None) -> Options:
     p.add_argument("--servers", type=int, help="simulated servers (default 20; --short: 8)")
     p.add_argument("--fires", type=int, help="fires per clean mode (default 1000; --short: 12)")
     p.add_argument("--fault-fires", type=int, help="fires per fault (default 5; --short: 1)")
-    p.add_argument("--mode", choices=["default", "schedule", "faults", "all"], default="all")
+    p.add_argument("--mode", choices=["default", "schedule", "faults", "flaky", "all"],
+                   default="all")
     p.add_argument("--report", type=Path, help="write the Markdown report here (else print it)")
     p.add_argument("--json", dest="json_path", type=Path, help="also write the results as JSON")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
@@ -1318,8 +1884,8 @@ def parse(argv: Sequence[str] | None) -> Options:
     p.add_argument("--lockrun", type=Path, default=Path(sys.executable).parent / "lockrun",
                    help="the lockrun executable (default: next to this Python)")
     p.add_argument("--sabotage", choices=["fire-per-server"],
-                   help="deliberately misconfigure the clean modes (each server its own fire "
-                        "id, --overlap allow) to prove that the checks fail; used by "
+                   help="deliberately misconfigure the clean and flaky modes (each server its "
+                        "own fire id, --overlap allow) to prove that the checks fail; used by "
                         "tests/test_fleet.py")
     p.add_argument("--workdir", type=Path, help="scratch directory (default: a new temp dir)")
     p.add_argument("--topology", choices=sorted(TOPOLOGIES), default="single",
@@ -1327,6 +1893,16 @@ def parse(argv: Sequence[str] | None) -> Options:
                         "cluster of 3 primaries with a replica each")
     p.add_argument("--faults", help="comma-separated fault numbers to run (default: every "
                                     "fault that applies to the topology)")
+    p.add_argument("--flaky-fires", type=int,
+                   help="fires of the flaky mode (default 100; --short: 12)")
+    p.add_argument("--flaky-p", type=float, default=FLAKY_P,
+                   help=f"probability that the job fails on a bad host (default {FLAKY_P:g})")
+    p.add_argument("--flaky-q", type=float, default=FLAKY_Q,
+                   help=f"probability that it fails on any host (default {FLAKY_Q:g})")
+    p.add_argument("--flaky-tick", type=float,
+                   help="real seconds per crontab minute in the flaky mode; its --retry-delay "
+                        "is half that (default: servers / 10, at least 1: a tick's lockruns "
+                        "must mostly start before the next tick)")
     a = p.parse_args(argv)
     opts = Options(
         servers=a.servers or (8 if a.short else 20),
@@ -1336,9 +1912,15 @@ def parse(argv: Sequence[str] | None) -> Options:
         lockrun=a.lockrun, report=a.report, json_path=a.json_path, sabotage=a.sabotage,
         workdir=a.workdir, topology=a.topology,
         faults=tuple(f for f in (a.faults or "").split(",") if f),
+        flaky_fires=a.flaky_fires if a.flaky_fires is not None else (12 if a.short else 100),
+        flaky_p=a.flaky_p, flaky_q=a.flaky_q,
+        flaky_tick=a.flaky_tick or max(FLAKY_TICK_S, (a.servers or (8 if a.short else 20)) / 10),
     )
-    if not 2 <= opts.servers <= 99 or opts.fires < 1 or opts.fault_fires < 1:
-        p.error("need 2-99 servers, at least 1 fire and 1 fault fire")
+    if not 2 <= opts.servers <= 99 or opts.fires < 1 or opts.fault_fires < 1 \
+            or opts.flaky_fires < 1:
+        p.error("need 2-99 servers, at least 1 fire, 1 fault fire and 1 flaky fire")
+    if not (0 <= opts.flaky_p <= 1 and 0 <= opts.flaky_q <= 1 and 0.1 <= opts.flaky_tick <= 60):
+        p.error("--flaky-p and --flaky-q are probabilities; --flaky-tick is 0.1-60 seconds")
     unknown = set(opts.faults) - {f.num for f in FAULTS}
     if unknown:
         p.error(f"no such fault: {', '.join(sorted(unknown))}")
@@ -1371,30 +1953,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     modes: list[ModeResult] = []
     faults: list[FaultResult] = []
+    flaky: FlakyResult | None = None
     try:
         for mode in ("default", "schedule"):
             if opts.mode in (mode, "all"):
                 modes.append(clean_mode(mode, opts, fleet, opts.sabotage))
         if opts.mode in ("faults", "all"):
             faults = fault_mode(opts, fleet)
+        if opts.mode in ("flaky", "all"):
+            flaky = flaky_mode(opts, fleet)
     finally:
         fleet.cleanup()
         if made_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     wall = time.monotonic() - started
-    text = render(opts, info, uts, modes, faults, wall)
+    text = render(opts, info, uts, modes, faults, flaky, wall)
     if opts.report:
         opts.report.parent.mkdir(parents=True, exist_ok=True)
         opts.report.write_text(text)
     else:
         sys.stdout.write(text)
-    violations = sum(m.violations for m in modes) + sum(f.violations for f in faults)
+    violations = (sum(m.violations for m in modes) + sum(f.violations for f in faults)
+                  + (flaky.violations if flaky is not None else 0))
     if opts.json_path:
         payload = {
             "uts": uts[0], "violations": violations, "wall_s": wall,
             "modes": {m.mode: {**asdict(m), "violations": m.violations} for m in modes},
             "faults": {f.num: {**asdict(f), "violations": f.violations} for f in faults},
         }
+        if flaky is not None:
+            payload["flaky"] = {**asdict(flaky), "violations": flaky.violations}
         opts.json_path.write_text(json.dumps(payload, indent=2))
     print(f"sim: done in {wall:.0f}s, {violations} violation(s)", file=sys.stderr)
     return 1 if violations else 0
