@@ -144,7 +144,7 @@ def _scripts(client: LockClient, prefix: str) -> Check:
     try:
         if not lease.acquire().won:
             return Check("scripts and permissions", FAIL, "could not claim a scratch fire")
-        if not lease.renew().ok or not lease.release(120_000, 0, "doctor"):
+        if not lease.renew().ok or not lease.release(120_000, 0, "doctor").ok:
             return Check("scripts and permissions", FAIL, "the scratch claim was lost")
     finally:
         keys = job_keys(scratch, fire, prefix)

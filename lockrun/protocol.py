@@ -524,6 +524,11 @@ class Released:
         self.retry_due_ms: Final = retry_due_ms
         """Not 0: the fire is a retry ticket, due at this Redis time; not the end."""
 
+    def __bool__(self) -> bool:
+        """release() returned a bool before retries; an `if lease.release(...)` left over
+        would now always be true, so it fails loudly instead."""
+        raise TypeError("a Released is not a truth value: use .ok")
+
 
 class Renewed:
     __slots__ = ("cancel_by", "ok", "reason", "server_ms")
@@ -794,6 +799,10 @@ class Missed:
         self.exit_code: Final = exit_code
         self.outcome: Final = outcome
         self.attempts: Final = attempts
+
+    def __bool__(self) -> bool:
+        """record_miss() returned a bool before retries: see Released.__bool__."""
+        raise TypeError("a Missed is not a truth value: use .recorded or .retry_ended")
 
 
 RELEASE_STEPS = 6

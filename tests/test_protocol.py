@@ -35,7 +35,8 @@ def test_acquire_is_idempotent_for_its_own_owner(redis_server: RedisServer, key:
     # The script ran on the server but its reply never reached us:
     script_keys, args = first._bind(ACQUIRE, ttl_ms=10_000, local_ms=round(time.time() * 1000),
                                     retention_ms=60_000, fleet_read="1", fleet_by="",
-                                    fleet_reason="")
+                                    fleet_reason="", tracked="0", attempts=1, delay_ms=0,
+                                    elsewhere="1")
     redis_server.client().eval(ACQUIRE.source, len(script_keys), *script_keys, *args)
     retried = first.acquire()
     assert retried.won
@@ -60,7 +61,7 @@ def test_fences_strictly_increase_even_if_the_counter_is_lost(
 def test_release_keeps_a_done_record_for_the_retention(redis_server: RedisServer, key: str) -> None:
     winner = lease(redis_server, key, ttl_ms=5_000)
     assert winner.acquire().won
-    assert winner.release(retention_ms=300_000, exit_code=3, outcome="exited")
+    assert winner.release(retention_ms=300_000, exit_code=3, outcome="exited").ok
     r = redis_server.client()
     record = r.hgetall(job_keys(key, "f1")["fire"])
     assert record["state"] == "done"
@@ -75,8 +76,8 @@ def test_release_keeps_a_done_record_for_the_retention(redis_server: RedisServer
 def test_release_is_idempotent(redis_server: RedisServer, key: str) -> None:
     winner = lease(redis_server, key)
     winner.acquire()
-    assert winner.release(300_000, 0, "exited")
-    assert winner.release(300_000, 0, "exited")
+    assert winner.release(300_000, 0, "exited").ok
+    assert winner.release(300_000, 0, "exited").ok
     assert [e["event"] for e in history(redis_server, key)] == ["start", "end"]
 
 
@@ -97,7 +98,7 @@ def test_renew_detects_a_claim_taken_by_someone_else(redis_server: RedisServer, 
     renewed = held.renew()
     assert not renewed.ok
     assert "intruder" in renewed.reason
-    assert not held.release(300_000, 0, "exited")
+    assert not held.release(300_000, 0, "exited").ok
     events = history(redis_server, key)
     assert [e["event"] for e in events] == ["start", "lost", "end"]
     assert events[-1]["outcome"] == "lost"
@@ -129,7 +130,7 @@ def test_scripts_survive_a_flushed_script_cache(redis_server: RedisServer, key: 
     redis_server.client().script_flush()
     assert held.renew().ok
     redis_server.client().script_flush()
-    assert held.release(300_000, 0, "exited")
+    assert held.release(300_000, 0, "exited").ok
 
 
 def test_acquire_retries_a_connection_dropped_mid_call(

@@ -104,9 +104,11 @@ def outcome(transport: str, url: str, monkeypatch: pytest.MonkeyPatch,
     try:
         client.call(ACQUIRE.source, *ACQUIRE.bind(
             {"fire_key": k["fire"], "guard_key": k["running"], "fence_key": k["fence"],
-             "hist_key": k["hist"], "pause_key": k["pause"], "fleet_pause_key": k["pause"]},
+             "hist_key": k["hist"], "pause_key": k["pause"], "fleet_pause_key": k["pause"],
+             "try_key": k["try"], "job_key": k["job"]},
             owner="owner", ttl_ms=1000, guard="0", fire="f1", host="host", pid=1, maxlen=10,
-            local_ms=0, retention_ms=60_000, fleet_read="0", fleet_by="", fleet_reason=""))
+            local_ms=0, retention_ms=60_000, fleet_read="0", fleet_by="", fleet_reason="",
+            tracked="0", attempts=1, delay_ms=0, elsewhere="1"))
     except RedisUnavailable as exc:
         cause = exc.__cause__
         return str(exc), exc.reply_lost, isinstance(cause, TransportError) and cause.dropped
