@@ -161,10 +161,13 @@ class Supervisor:
             self._record_lost_end(code)
         elif self.lease is not None:
             released = self._release(code, outcome)
-        if kept is not None and code != 0:
+        retrying = released is not None and released.retry_due_ms > 0
+        # an attempt another server will retry needs no one yet: mail only the fire's end
+        if kept is not None and code != 0 and not retrying:
             kept.show()  # before lockrun's own line, as the job printed it
-        if cfg.mail_on_failure and code != 0 and not self.timed_out:  # a timeout said so
+        if cfg.mail_on_failure and code != 0 and not self.timed_out and not retrying:
             # cron mails output only: a job that fails silently would go unnoticed
+            # (a timeout said so itself)
             self.out.error(f"{cfg.key} fire {cfg.fire} failed on {host_name()} with "
                            f"exit status {code}")
         if released is not None and released.retry_due_ms:
@@ -172,8 +175,7 @@ class Supervisor:
             self.out.info(f"{cfg.key} fire {cfg.fire} attempt {self.lease_attempt()} failed; "
                           f"a later tick of any server may retry it from {due}")
         notifier = self._notify(code, outcome, released, env)  # the end is recorded: now
-        self.hooks.finished(code, self.tail,
-                            retrying=released is not None and released.retry_due_ms > 0)
+        self.hooks.finished(code, self.tail, retrying=retrying)
         if notifier is not None and (warning := notifier.finish()):
             self.out.warning(warning)
         return code

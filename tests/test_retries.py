@@ -350,3 +350,20 @@ def test_check_judges_a_retried_fire_by_its_last_attempt(redis_server: RedisServ
     tick_until_claimed("srv-c", url, failing)
     failed = run_lockrun("check", key, "--json", url=url)
     assert failed.returncode == 2 and json.loads(failed.stdout)["consecutive_failures"] == 1
+
+
+def test_cron_mails_only_the_fires_end_not_an_attempt_that_will_be_retried(
+        redis_server: RedisServer, key: str) -> None:
+    """--quiet-unless-failed and --mail-on-failure print for the fire's end: a failed
+    attempt that left a ticket is nobody's to act on yet (its output is kept with
+    --capture), the last attempt's failure is."""
+    url = redis_server.url
+    args = ("-k", key, "--fire", "f1", "--retries", "1", "--retry-delay", "1s",
+            "--retry-anywhere", "--quiet-unless-failed", "--mail-on-failure", "--", "sh", "-c",
+            'echo "why $(hostname) failed"; exit 3')
+    first = on("srv-a", url, *args)
+    assert first.returncode == 3  # the attempt's status all the same
+    assert (first.stdout, first.stderr) == ("", "")
+    last = tick_until_claimed("srv-b", url, ("-v", *args))
+    assert last.returncode == 3 and last.stdout == "why srv-b failed\n"
+    assert "failed on srv-b with exit status 3" in last.stderr
