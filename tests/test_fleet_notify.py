@@ -222,7 +222,7 @@ def test_ran_nowhere_is_told_once_by_the_server_that_records_it(
         assert r.returncode == 0
     [message] = sent(log)
     assert message["event"] == "ran-nowhere" and message["host"] == "srv-a"
-    assert message["exit_code"] is None
+    assert message["exit_code"] is None and message["attempt"] == 0  # nothing ran
 
 
 def test_the_failed_attempts_output_is_kept_told_and_readable_from_a_third_server(
