@@ -347,6 +347,16 @@ class Supervisor:
                 return False
             self.inbox.wait(max(0.0, min(until, self.next_renew, self.lease_deadline)
                                 - time.monotonic()))
+        # The claim must be proven ours right before the next attempt starts, as before
+        # the first (runner._still_ours): a delay shorter than ttl/3 saw no renewal.
+        self.next_renew = time.monotonic()
+        self._keep_lease(None)
+        if self.lost or self.cancelled_by:
+            return False
+        if self.renew_failing:
+            self.out.error(f"{cfg.key} fire {cfg.fire}: could not confirm the claim, so "
+                           f"attempt {lease.attempt + 1} does not start")
+            return False
         try:
             lease.attempt_started()
         except RedisUnavailable:
@@ -359,7 +369,9 @@ class Supervisor:
         from lockrun.capture import store
 
         tail = capture.finish(min(FINISH_WAIT_MAX, self.cfg.ttl / 6))
-        if self.lease is not None and not self.lost:
+        # one Redis call without a renewal: only while the lease outlives its timeout
+        if (self.lease is not None and not self.lost
+                and time.monotonic() + self.cfg.redis_timeout < self.lease_deadline):
             outcome = ("timeout" if self.timed_out else "cancelled" if self.cancelled_by
                        else "exited")
             store(self.lease, tail, code, outcome, self.cfg.retention_ms(time.time()))

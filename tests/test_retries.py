@@ -367,3 +367,20 @@ def test_cron_mails_only_the_fires_end_not_an_attempt_that_will_be_retried(
     last = tick_until_claimed("srv-b", url, ("-v", *args))
     assert last.returncode == 3 and last.stdout == "why srv-b failed\n"
     assert "failed on srv-b with exit status 3" in last.stderr
+
+
+def test_retry_local_confirms_the_claim_before_the_next_attempt(redis_server: RedisServer,
+                                                               key: str, tmp_path: Path) -> None:
+    """The delay (3s) is shorter than ttl/3 (20s), so no renewal falls inside it; the claim
+    removed meanwhile must stop the retry, not let attempt 2 run unclaimed."""
+    url = redis_server.url
+    count = tmp_path / "count"
+    proc = start_on("srv-a", url, "-k", key, "--fire", "f1", "--retries", "2",
+                    "--retry-delay", "3s", "--retry-local", "--ttl", "60s", "--", "sh", "-c",
+                    f"echo x >> {count}; exit 5")
+    wait_for(lambda: any(e["event"] == "end" for e in history(redis_server, key)), 15,
+             "the first attempt to end")
+    redis_server.client().delete(job_keys(key, "f1")["fire"])
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 5 and count.read_text() == "x\n", stderr
+    assert "lost the lease" in stderr and "not retrying" in stderr
